@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from dataclasses import dataclass
 from typing import Protocol, cast
@@ -81,4 +82,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     parser = module.build_parser(f"segs {name}")
-    return module.run(parser.parse_args(rest))
+    try:
+        return module.run(parser.parse_args(rest))
+    except BrokenPipeError:
+        # The reader (head, less) went away: not an error of ours. Silence the
+        # interpreter's own flush of stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except KeyboardInterrupt:
+        return 130
