@@ -208,12 +208,31 @@ def render_enums() -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_profiles() -> str:
+    """The shipped device profiles and their read plans."""
+    from segs.protocol import profiles  # noqa: PLC0415 - keeps docs importable without the data
+
+    rows = [
+        "| profile | device | phases | registers | reads (FC, address, count) |",
+        "|---|---|---|---|---|",
+    ]
+    for name in profiles.shipped_profiles():
+        prof = profiles.load_profile(name)
+        reads = " · ".join(f"FC{b.function_code:02d} {b.address}+{b.count}" for b in prof.blocks)
+        rows.append(
+            f"| `{prof.id}` | {prof.manufacturer} {prof.model} | {prof.phases} |"
+            f" {len(prof.registers)} | {reads} |"
+        )
+    return "\n".join(rows) + "\n"
+
+
 SECTIONS: Final = {
     "topics": render_topics,
     "messages": render_messages,
     "enums": render_enums,
     "reasons": render_reasons,
     "limits": render_limits,
+    "profiles": render_profiles,
 }
 
 

@@ -12,7 +12,13 @@ import pytest
 from services import MosquittoBroker, MosquittoFactory
 
 from segs.protocol import SPECS, TopicKind, gateway_topic, subscription
-from segs.protocol.topics import GATEWAY_KINDS, hub_state_topic, live_subscription, topic_pattern
+from segs.protocol.topics import (
+    GATEWAY_KINDS,
+    ROOT,
+    hub_state_topic,
+    live_subscription,
+    topic_pattern,
+)
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "mosquitto"
 
@@ -42,7 +48,7 @@ def test_gateway_patterns_are_exactly_the_protocol_topics() -> None:
     expected = {("write", own(k)) for k in sent} | {("read", own(k)) for k in received}
     expected |= {("read", hub_state_topic()), ("read", live_subscription())}
     assert _acl_rules() == expected
-    assert _acl_rules("segs-hub") == {("readwrite", "segs/v1/#")}
+    assert _acl_rules("segs-hub") == {("readwrite", f"{ROOT}/#")}
 
 
 @pytest.fixture
