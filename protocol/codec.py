@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cache
 from typing import Any, Final, TypeVar
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -65,8 +66,13 @@ def encode(message: BaseModel) -> bytes:
 
 def decode(data: bytes | bytearray, payload_type: type[M]) -> M:
     """Decode ``data`` as a ``payload_type`` message or raise :class:`DecodeError`."""
-    result: M = _validate(data, TypeAdapter(payload_type), payload_type.__name__)
+    result: M = _validate(data, _adapter(payload_type), payload_type.__name__)
     return result
+
+
+@cache
+def _adapter(payload_type: type[Message]) -> TypeAdapter[Any]:
+    return TypeAdapter(payload_type)
 
 
 @dataclass(frozen=True)
