@@ -39,6 +39,11 @@ COMMANDS: dict[str, Command] = {
         "inspect the wire contract: check payloads, list device profiles, render docs",
         None,
     ),
+    "edge": Command(
+        "segs.edge.cli",
+        "the gateway agent: check the meters on site, run the agent",
+        "edge",
+    ),
     "sim": Command(
         "segs.sim.cli",
         "simulated SDM630/SDM120/SunSpec meters over Modbus TCP/RTU, with fault injection",
