@@ -22,9 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
-import re
 import resource
 import signal
 import subprocess
@@ -34,6 +31,8 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+from _bench import machine, machine_line, write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "edge")]
@@ -50,18 +49,6 @@ from segs.protocol import GatewayBirth, MeterInfo  # noqa: E402
 BEGIN = "<!-- edge_backlog:begin -->"
 END = "<!-- edge_backlog:end -->"
 GW = "gw-bench-01"
-
-
-def machine() -> dict[str, str]:
-    """What the benchmark ran on."""
-    cpuinfo = Path("/proc/cpuinfo").read_text()
-    model = re.search(r"model name\s*:\s*(.+)", cpuinfo)
-    return {
-        "nproc": str(os.cpu_count()),
-        "cpu": model.group(1).strip() if model else platform.processor(),
-        "python": platform.python_version(),
-        "kernel": platform.release(),
-    }
 
 
 class Clock:
@@ -209,10 +196,7 @@ def render(args: argparse.Namespace, result: dict[str, Any], info: dict[str, str
                 f"--hours {args.hours:g} --write docs/benchmarks.md`."
             ),
             "",
-            (
-                f"Machine: {info['nproc']} CPUs ({info['cpu']}), Linux {info['kernel']}, "
-                f"Python {info['python']}."
-            ),
+            machine_line(info),
             "",
             (
                 "| backlog | batches | stored bodies | drained and acknowledged in "
@@ -233,17 +217,6 @@ def render(args: argparse.Namespace, result: dict[str, Any], info: dict[str, str
     )
 
 
-def write(path: Path, section: str) -> None:
-    """Replace the section between the markers in ``path`` (append it when missing)."""
-    text = path.read_text() if path.exists() else ""
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip() + ("\n\n" if text else "") + section + "\n"
-    path.write_text(text)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--meters", type=int, default=32)
@@ -259,7 +232,7 @@ def main() -> int:
     info = machine()
     print(json.dumps({**result, **info}, indent=2))
     if args.write is not None:
-        write(args.write, render(args, result, info))
+        write_section(args.write, render(args, result, info), begin=BEGIN, end=END)
     return 0
 
 

@@ -21,8 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import re
 import signal
 import subprocess
@@ -33,6 +31,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from _bench import cpu_seconds, machine, machine_line, memory_kib, spawn_sim, stop, write_section
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "edge")]
 
@@ -41,35 +41,6 @@ from testhub import AckingHub  # noqa: E402
 
 BEGIN = "<!-- edge_poll:begin -->"
 END = "<!-- edge_poll:end -->"
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of ``pid``, in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
-def memory_kib(pid: int) -> tuple[int, int]:
-    """(VmRSS, VmHWM) of ``pid`` in KiB."""
-    status = Path(f"/proc/{pid}/status").read_text()
-    rss = re.search(r"VmRSS:\s+(\d+)", status)
-    peak = re.search(r"VmHWM:\s+(\d+)", status)
-    assert rss is not None
-    assert peak is not None
-    return int(rss.group(1)), int(peak.group(1))
-
-
-def machine() -> dict[str, str]:
-    """What the benchmark ran on."""
-    cpuinfo = Path("/proc/cpuinfo").read_text()
-    model = re.search(r"model name\s*:\s*(.+)", cpuinfo)
-    return {
-        "nproc": str(os.cpu_count()),
-        "cpu": model.group(1).strip() if model else platform.processor(),
-        "python": platform.python_version(),
-        "kernel": platform.release(),
-    }
 
 
 def start_sim(meters: int) -> tuple[subprocess.Popen[str], int]:
@@ -78,18 +49,10 @@ def start_sim(meters: int) -> tuple[subprocess.Popen[str], int]:
         sys.executable, "-m", "segs", "sim", "--meters", str(meters), "--port", "0",
         "--profile", "sdm630", "--seed", "1", "--no-control", "--log-level", "warning",
     ]  # fmt: skip
-    sim = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-    assert sim.stdout is not None
-    banner = []
-    for line in sim.stdout:
-        banner.append(line)
-        if line.strip() == "ready":
-            break
-    else:
-        raise RuntimeError("segs sim exited:\n" + "".join(banner))
-    match = re.search(r"bus-1: modbus tcp [\d.]+:(\d+)", "".join(banner))
+    sim, banner = spawn_sim(command)
+    match = re.search(r"bus-1: modbus tcp [\d.]+:(\d+)", banner)
     if match is None:
-        raise RuntimeError("no bus port in the banner:\n" + "".join(banner))
+        raise RuntimeError("no bus port in the banner:\n" + banner)
     return sim, int(match.group(1))
 
 
@@ -176,11 +139,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         if agent is not None and agent.poll() is None:
             agent.kill()
-        sim.send_signal(signal.SIGTERM)
-        try:
-            sim.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            sim.kill()
+        stop(sim)
         broker.stop()
 
 
@@ -199,10 +158,7 @@ def render(args: argparse.Namespace, result: dict[str, Any], info: dict[str, str
                 "the acking test hub."
             ),
             "",
-            (
-                f"Machine: {info['nproc']} CPUs ({info['cpu']}), Linux {info['kernel']}, "
-                f"Python {info['python']}."
-            ),
+            machine_line(info),
             "",
             (
                 "| meters | poll | window | measured | agent CPU (% of one core) "
@@ -222,17 +178,6 @@ def render(args: argparse.Namespace, result: dict[str, Any], info: dict[str, str
     )
 
 
-def write(path: Path, section: str) -> None:
-    """Replace the section between the markers in ``path`` (append it when missing)."""
-    text = path.read_text() if path.exists() else ""
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip() + ("\n\n" if text else "") + section + "\n"
-    path.write_text(text)
-
-
 def main() -> int:
     """Run the benchmark; print the figures; optionally write them into a markdown file."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
@@ -248,7 +193,7 @@ def main() -> int:
     info = machine()
     print(json.dumps({**result, **info}, indent=2))
     if args.write is not None:
-        write(args.write, render(args, result, info))
+        write_section(args.write, render(args, result, info), begin=BEGIN, end=END)
     return 0
 
 

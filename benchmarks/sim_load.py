@@ -21,10 +21,8 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import re
 import shlex
-import signal
 import socket
 import statistics
 import struct
@@ -37,28 +35,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from _bench import cpu_seconds, machine, machine_line, memory_kib, spawn_sim, stop, write_section
+
 from segs.protocol.profiles import load_profile
 
 BEGIN = "<!-- sim_load:begin -->"
 END = "<!-- sim_load:end -->"
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 # --- measuring a process -----------------------------------------------------------------------
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of ``pid``, in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
-def memory_kib(pid: int) -> tuple[int, int]:
-    """(VmRSS, VmHWM) of ``pid`` in KiB."""
-    status = Path(f"/proc/{pid}/status").read_text()
-    rss = int(re.search(r"VmRSS:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
-    peak = int(re.search(r"VmHWM:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
-    return rss, peak
 
 
 def get_json(url: str) -> Any:
@@ -197,17 +182,6 @@ def free_ports(count: int) -> int:
     raise RuntimeError("no free port range")
 
 
-def machine() -> dict[str, str]:
-    cpuinfo = Path("/proc/cpuinfo").read_text()
-    model = re.search(r"model name\s*:\s*(.+)", cpuinfo)
-    return {
-        "nproc": str(os.cpu_count()),
-        "cpu": model.group(1).strip() if model else platform.processor(),
-        "python": platform.python_version(),
-        "kernel": platform.release(),
-    }
-
-
 def run(args: argparse.Namespace) -> tuple[list[Window], dict[str, Any]]:
     per_bus = -(-args.meters // args.buses)
     base = free_ports(args.buses + 1)
@@ -218,19 +192,11 @@ def run(args: argparse.Namespace) -> tuple[list[Window], dict[str, Any]]:
         "--per-bus", str(per_bus), "--profile", "mixed", "--seed", "1",
         "--control-port", str(control_port), "--log-level", "warning",
     ]  # fmt: skip
-    sim = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    sim, banner = spawn_sim(command)
     try:
-        assert sim.stdout is not None
-        banner = []
-        for line in sim.stdout:
-            banner.append(line)
-            if line.strip() == "ready":
-                break
-        else:
-            raise RuntimeError("segs sim exited:\n" + "".join(banner))
         ports = {
             match.group(1): int(match.group(2))
-            for match in re.finditer(r"(bus-\d+): modbus tcp [\d.]+:(\d+)", "".join(banner))
+            for match in re.finditer(r"(bus-\d+): modbus tcp [\d.]+:(\d+)", banner)
         }
         time.sleep(args.warmup)
         idle = measure("idle", sim.pid, control, args.idle)
@@ -250,11 +216,7 @@ def run(args: argparse.Namespace) -> tuple[list[Window], dict[str, Any]]:
         polled.client = {**json.loads(out), "cpu_percent": client_cpu}
         plan_file.unlink(missing_ok=True)
     finally:
-        sim.send_signal(signal.SIGTERM)
-        try:
-            sim.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            sim.kill()
+        stop(sim)
     printable = [Path(sys.executable).name, *command[1:]]
     printable[printable.index("--port") + 1] = "P"
     printable[printable.index("--control-port") + 1] = "C"
@@ -295,10 +257,7 @@ def render(args: argparse.Namespace, windows: list[Window], info: dict[str, Any]
             info["command"],
             "```",
             "",
-            (
-                f"Machine: {info['nproc']} CPUs ({info['cpu']}), Linux {info['kernel']}, "
-                f"Python {info['python']}."
-            ),
+            machine_line(info),
             "",
             table(windows),
             "",
@@ -315,16 +274,6 @@ def render(args: argparse.Namespace, windows: list[Window], info: dict[str, Any]
             END,
         ]
     )
-
-
-def write(path: Path, section: str) -> None:
-    text = path.read_text() if path.exists() else ""
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip() + ("\n\n" if text else "") + section + "\n"
-    path.write_text(text)
 
 
 def main() -> int:
@@ -345,7 +294,7 @@ def main() -> int:
     print(table(windows))
     print(json.dumps({"client": windows[1].client, **info}, indent=2))
     if args.write is not None:
-        write(args.write, render(args, windows, info))
+        write_section(args.write, render(args, windows, info), begin=BEGIN, end=END)
     return 0
 
 

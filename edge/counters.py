@@ -29,12 +29,12 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from segs.edge.files import write_atomically
 from segs.edge.samples import to_epoch
 from segs.protocol import limits
 from segs.protocol.messages import Window
@@ -112,14 +112,9 @@ class CounterStore:
                 for meter, mark in sorted(marks.items())
             },
         }
-        tmp = self.path.with_name(self.path.name + ".tmp")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with tmp.open("w", encoding="utf-8") as file:
-                json.dump(data, file, separators=(",", ":"))
-                file.flush()
-                os.fsync(file.fileno())
-            tmp.replace(self.path)
+            write_atomically(self.path, json.dumps(data, separators=(",", ":")))
         except OSError as exc:
             if not self._failing:
                 _log.error(

@@ -85,7 +85,6 @@ import contextlib
 import itertools
 import json
 import logging
-import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -105,6 +104,7 @@ from segs.edge.exceptions import (
     OutboxClosedError,
     OutboxError,
 )
+from segs.edge.files import write_atomically
 from segs.protocol.ids import validate_id
 from segs.protocol.limits import (
     MAX_EVENTS_PER_BATCH,
@@ -906,13 +906,8 @@ class Outbox:
 
     def _write_sidecar(self) -> None:
         """Atomically record the last seq next to the database (best effort, logged)."""
-        tmp = self._seq_path.with_name(self._seq_path.name + ".tmp")
         try:
-            with tmp.open("w", encoding="ascii") as file:
-                file.write(f"{self._last_seq}\n")
-                file.flush()
-                os.fsync(file.fileno())
-            tmp.replace(self._seq_path)
+            write_atomically(self._seq_path, f"{self._last_seq}\n")
         except OSError as exc:
             if not self._sidecar_failing:
                 _log.warning(

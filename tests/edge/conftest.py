@@ -21,20 +21,14 @@ Every coroutine test in ``test_poller.py`` and ``test_check.py`` runs under
 from __future__ import annotations
 
 import asyncio
-import functools
-import inspect
 import os
-import socket
 import time
-import tty
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
-
-START = 1_718_971_200.0
-"""2024-06-21 12:00 UTC."""
+import services
+from testkit import START, FakeClock, PtyPair, bound_coroutine_tests
 
 TEST_TIMEOUT = 20.0
 """Seconds any one Modbus test may take."""
@@ -42,37 +36,14 @@ TEST_TIMEOUT = 20.0
 _BOUNDED_FILES = frozenset({"test_poller.py", "test_check.py"})
 
 
-def _bounded(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., Any]:
-    @functools.wraps(test)
-    async def bounded(*args: Any, **kwargs: Any) -> None:
-        async with asyncio.timeout(TEST_TIMEOUT):
-            await test(*args, **kwargs)
-
-    return bounded
-
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Put the coroutine tests of the Modbus test files under a timeout."""
     here = Path(__file__).resolve().parent
-    for item in items:
-        path = Path(item.path)
-        if not isinstance(item, pytest.Function) or path.parent != here:
-            continue
-        if path.name in _BOUNDED_FILES and inspect.iscoroutinefunction(item.obj):
-            item.obj = _bounded(item.obj)
-
-
-class FakeClock:
-    """A clock the test moves by hand."""
-
-    def __init__(self, now: float = START) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+    bound_coroutine_tests(
+        items,
+        TEST_TIMEOUT,
+        where=lambda path: path.parent == here and path.name in _BOUNDED_FILES,
+    )
 
 
 @pytest.fixture
@@ -113,10 +84,7 @@ def wait_until() -> WaitUntil:
 @pytest.fixture
 def free_port() -> int:
     """A TCP port that was free a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    return services.free_port()
 
 
 @pytest.fixture
@@ -125,48 +93,6 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.upper().startswith("SEGS_EDGE_"):
             monkeypatch.delenv(name)
-
-
-class PtyPair:
-    """Two pseudo-terminals joined back to back; bytes written on one come out of the other.
-
-    :attr:`left` is the simulator's serial device, :attr:`right` the master's.
-    """
-
-    def __init__(self) -> None:
-        self._fds: list[int] = []
-        self.left = ""
-        self.right = ""
-
-    async def __aenter__(self) -> PtyPair:
-        loop = asyncio.get_running_loop()
-        master_a, slave_a = os.openpty()
-        master_b, slave_b = os.openpty()
-        self._fds = [master_a, slave_a, master_b, slave_b]
-        for fd in (slave_a, slave_b):
-            tty.setraw(fd)  # a serial line carries bytes as they are: no echo, no editing
-        for fd in (master_a, master_b):
-            os.set_blocking(fd, False)
-        self.left, self.right = os.ttyname(slave_a), os.ttyname(slave_b)
-        loop.add_reader(master_a, self._copy, master_a, master_b)
-        loop.add_reader(master_b, self._copy, master_b, master_a)
-        return self
-
-    @staticmethod
-    def _copy(source: int, target: int) -> None:
-        try:
-            data = os.read(source, 4096)
-        except OSError:
-            return
-        os.write(target, data)
-
-    async def __aexit__(self, *exc: object) -> None:
-        loop = asyncio.get_running_loop()
-        master_a, _, master_b, _ = self._fds
-        loop.remove_reader(master_a)
-        loop.remove_reader(master_b)
-        for fd in self._fds:
-            os.close(fd)
 
 
 @pytest.fixture

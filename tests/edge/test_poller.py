@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
+from testkit import FakeClock, PtyPair
 
 from segs.edge.config import EdgeSettings, MeterConfig, RtuBus, TcpBus
 from segs.edge.events import EventDetector
@@ -45,9 +46,7 @@ from segs.sim.faults import (
 
 pytestmark = pytest.mark.usefixtures("clean_env")
 
-# The fixtures' types (tests/edge/conftest.py, which is not importable as a module).
-FakeClock = Any
-PtyPair = Any
+# The fixture's type (tests/edge/conftest.py, which is not importable as a module).
 WaitUntil = Callable[..., Awaitable[None]]
 
 MIXED = ("sdm630", "sdm120", "sunspec203")

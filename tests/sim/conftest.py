@@ -8,11 +8,8 @@ instead of stalling the run.
 
 from __future__ import annotations
 
-import asyncio
-import functools
-import inspect
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +19,8 @@ _HERE = Path(__file__).resolve().parent
 if str(_HERE) not in sys.path:
     sys.path.insert(0, str(_HERE))
 
-from simtools import FakeClock, sim_config  # noqa: E402
+from simtools import sim_config  # noqa: E402
+from testkit import FakeClock, bound_coroutine_tests  # noqa: E402
 
 from segs.sim.app import Simulator  # noqa: E402
 
@@ -30,22 +28,9 @@ TEST_TIMEOUT = 20.0
 """Seconds any one simulator test may take."""
 
 
-def _bounded(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., Any]:
-    @functools.wraps(test)
-    async def bounded(*args: Any, **kwargs: Any) -> None:
-        async with asyncio.timeout(TEST_TIMEOUT):
-            await test(*args, **kwargs)
-
-    return bounded
-
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Put every coroutine test of tests/sim under a timeout."""
-    for item in items:
-        if not isinstance(item, pytest.Function) or _HERE not in Path(item.path).parents:
-            continue
-        if inspect.iscoroutinefunction(item.obj):
-            item.obj = _bounded(item.obj)
+    bound_coroutine_tests(items, TEST_TIMEOUT, where=lambda path: _HERE in path.parents)
 
 
 @pytest.fixture

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from simtools import free_port, modbus_client, read_profile
+from services import free_port
+from simtools import modbus_client, read_profile
 
 from segs.cli import main
 from segs.protocol.profiles import load_profile

@@ -10,7 +10,8 @@ from contextlib import asynccontextmanager
 import httpx
 import pytest
 from pymodbus.exceptions import ModbusIOException
-from simtools import FakeClock, modbus_client, read_blocks, read_profile
+from simtools import modbus_client, read_blocks, read_profile
+from testkit import FakeClock
 
 from segs.protocol.profiles import load_profile
 from segs.sim.app import Simulator

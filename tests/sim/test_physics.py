@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from simtools import START
+from testkit import START
 
 from segs.sim.physics import COUNTERS, Fleet, MeterSpec, RegionSpec, meter_seed
 

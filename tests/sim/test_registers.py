@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from simtools import START
+from testkit import START
 
 from segs.protocol.profiles import SUNSPEC_MARKER, Profile, load_profile, parse_profile
 from segs.sim.physics import Fleet, MeterSpec, RegionSpec

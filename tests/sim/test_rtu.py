@@ -8,7 +8,8 @@ from contextlib import asynccontextmanager
 import pytest
 from pymodbus.client import AsyncModbusSerialClient
 from pymodbus.exceptions import ModbusIOException
-from simtools import FakeClock, PtyPair, read_profile
+from simtools import read_profile
+from testkit import FakeClock, PtyPair
 
 from segs.protocol.profiles import load_profile
 from segs.sim.app import Simulator

@@ -8,7 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from simtools import FakeClock, modbus_client, read_profile
+from simtools import modbus_client, read_profile
+from testkit import FakeClock
 
 from segs.protocol.profiles import load_profile
 from segs.sim.app import Simulator
