@@ -177,6 +177,8 @@ def _explain_json(data: bytes | bytearray) -> DecodeError:
         json.loads(text, parse_constant=_reject_constant)
     except json.JSONDecodeError as exc:
         return DecodeError(Reason.MALFORMED_JSON, f"payload is not JSON: {exc}")
+    except RecursionError:
+        return DecodeError(Reason.MALFORMED_JSON, "payload nests too deeply")
     except DecodeError as exc:
         return exc
     return DecodeError(Reason.MALFORMED_JSON, "payload is not JSON")

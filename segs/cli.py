@@ -44,6 +44,11 @@ COMMANDS: dict[str, Command] = {
         "the gateway agent: check the meters on site, run the agent",
         "edge",
     ),
+    "hub": Command(
+        "segs.hub.cli",
+        "the central hub: migrate its database, run ingest and its other components",
+        "hub",
+    ),
     "sim": Command(
         "segs.sim.cli",
         "simulated SDM630/SDM120/SunSpec meters over Modbus TCP/RTU, with fault injection",

@@ -467,6 +467,12 @@ BAD = {
     "empty payload": (WINDOWS, b"", Reason.MALFORMED_JSON),
     "not UTF-8": (WINDOWS, b'{"v": 1, "gateway_id": "gw\xff"}', Reason.NOT_UTF8),
     "UTF-16": (WINDOWS, _batch_with().decode().encode("utf-16"), Reason.NOT_UTF8),
+    "deeply nested": (WINDOWS, b"[" * 100_000 + b"]" * 100_000, Reason.MALFORMED_JSON),
+    "deeply nested field": (
+        WINDOWS,
+        b'{"v": 1, "seq": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+        Reason.MALFORMED_JSON,
+    ),
     "array": (WINDOWS, b"[1, 2]", Reason.NOT_AN_OBJECT),
     "string": (WINDOWS, b'"windows"', Reason.NOT_AN_OBJECT),
     "oversized": (WINDOWS, b" " * (limits.MAX_PAYLOAD_BYTES + 1), Reason.TOO_LARGE),

@@ -1,0 +1,117 @@
+"""The hub process: one owner starts its components under a TaskGroup and stops them cleanly.
+
+``segs hub run`` runs every component in one asyncio process; ``--only`` picks
+some (``segs hub run --only ingest`` for an ingest worker that scales out with
+the shared subscription). Each component gets a store (a database connection)
+of its own. SIGTERM or SIGINT (or the ``stop`` event) cancels the components;
+ingest then finishes and acknowledges the commit it is in and announces the
+hub offline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Final, Protocol
+
+from segs.hub.db.types import utc_now
+from segs.hub.ingest import Ingest
+from segs.hub.retention import Retention
+from segs.hub.settings import HubSettings
+from segs.hub.store import Clock, Store, StoreOptions, open_store
+
+__all__ = ["COMPONENTS", "run"]
+
+COMPONENTS: Final = ("ingest", "retention")
+"""The components ``segs hub run`` starts, in order; later issues add the API and engines."""
+
+GIL_SWITCH_INTERVAL_S: Final = 0.001
+"""The hub's GIL switch interval (Python's default is 5 ms).
+
+Ingest decodes on the event loop while a worker thread drives the database; the
+worker needs the GIL back after every round trip, and waiting up to 5 ms for it
+each time would idle the database between statements.
+"""
+
+_log = logging.getLogger(__name__)
+
+
+class _Component(Protocol):
+    async def run(self) -> None: ...
+
+
+class _StopRequestedError(Exception):
+    """Raised inside the TaskGroup to stop every component."""
+
+
+def _build(name: str, settings: HubSettings, store: Store, clock: Clock) -> _Component:
+    if name == "ingest":
+        return Ingest(settings, store, clock=clock)
+    return Retention(settings, store, clock=clock)
+
+
+async def run(
+    settings: HubSettings,
+    *,
+    only: Sequence[str] | None = None,
+    stop: asyncio.Event | None = None,
+    handle_signals: bool | None = None,
+    clock: Clock = utc_now,
+) -> int:
+    """Run the hub's components until SIGTERM/SIGINT (or ``stop``); return the exit code.
+
+    Raises :class:`~segs.hub.exceptions.SchemaNotCurrentError` when the database
+    is not migrated, :class:`~segs.hub.exceptions.StoreError` when it cannot be
+    reached at start, and ``ValueError`` for an unknown component name.
+    """
+    names = list(COMPONENTS) if not only else list(dict.fromkeys(only))
+    unknown = [name for name in names if name not in COMPONENTS]
+    if unknown:
+        raise ValueError(f"unknown components {unknown}; choose from {', '.join(COMPONENTS)}")
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    if handle_signals is None:
+        handle_signals = threading.current_thread() is threading.main_thread()
+    signals = (signal.SIGTERM, signal.SIGINT) if handle_signals else ()
+
+    def on_signal(signum: int) -> None:
+        _log.info("received %s: stopping", signal.Signals(signum).name)
+        stop.set()
+
+    for signum in signals:
+        loop.add_signal_handler(signum, on_signal, signum)
+    previous_interval = sys.getswitchinterval()
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+    options = StoreOptions.from_settings(settings)
+    stores: list[Store] = []
+    try:
+        components: list[tuple[str, _Component]] = []
+        for name in names:
+            store = open_store(settings.database_url, options=options, clock=clock)
+            stores.append(store)
+            components.append((name, _build(name, settings, store, clock)))
+        _log.info("hub %s running: %s (%s mode)", settings.hub_id, ", ".join(names), settings.mode)
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                for name, component in components:
+                    tasks.create_task(component.run(), name=f"segs-hub-{name}")
+                tasks.create_task(_until(stop.wait))
+        except* _StopRequestedError:
+            pass
+        _log.info("hub %s stopped", settings.hub_id)
+        return 0
+    finally:
+        sys.setswitchinterval(previous_interval)
+        for signum in signals:
+            loop.remove_signal_handler(signum)
+        for store in stores:
+            store.close()
+
+
+async def _until(wait: Callable[[], Awaitable[object]]) -> None:
+    await wait()
+    raise _StopRequestedError

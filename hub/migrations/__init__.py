@@ -1,0 +1,1 @@
+"""Alembic migrations of the hub's schema; run them with ``segs hub migrate``."""

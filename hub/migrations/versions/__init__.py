@@ -1,0 +1,1 @@
+"""Alembic revision files, applied in order by :func:`segs.hub.db.migrate.migrate`."""
