@@ -28,6 +28,7 @@ import statistics
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -201,7 +202,7 @@ def run(args: argparse.Namespace) -> tuple[list[Window], dict[str, Any]]:
         time.sleep(args.warmup)
         idle = measure("idle", sim.pid, control, args.idle)
 
-        plan_file = Path(f"/tmp/sim_load_plan_{os.getpid()}.json")  # noqa: S108 - scratch file
+        plan_file = Path(tempfile.gettempdir()) / f"sim_load_plan_{os.getpid()}.json"
         plan_file.write_text(json.dumps(read_plan(control, "127.0.0.1", ports)))
         client = subprocess.Popen(
             [sys.executable, __file__, "--client", str(plan_file),

@@ -52,7 +52,6 @@ from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
-from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -72,6 +71,7 @@ from pydantic_settings import (
 
 from segs.edge.exceptions import ConfigError
 from segs.protocol import limits
+from segs.protocol.broker import broker_address, check_broker_url
 from segs.protocol.errors import ProfileError
 from segs.protocol.ids import Id
 from segs.protocol.profiles import Profile, load_profile, shipped_profiles
@@ -102,7 +102,6 @@ MIN_FRAME_GAP_S: Final = 0.00175
 """The Modbus RTU inter-frame gap above 19200 baud (fixed 1.75 ms by the spec)."""
 
 _SECONDS_PER_DAY: Final = 86_400
-_MQTT_PORTS: Final = {"mqtt": 1883, "mqtts": 8883}
 
 
 def rtu_frame_gap_s(
@@ -153,20 +152,7 @@ class MqttSettings(_Model):
     @field_validator("url")
     @classmethod
     def _check_url(cls, url: str) -> str:
-        parts = urlsplit(url)
-        if parts.scheme not in _MQTT_PORTS:
-            raise ValueError(f"must start with mqtt:// or mqtts://, got {url!r}")
-        if not parts.hostname:
-            raise ValueError(f"has no host: {url!r}")
-        try:
-            parts.port  # noqa: B018 - urlsplit checks the port lazily
-        except ValueError:
-            raise ValueError(f"has an invalid port: {url!r}") from None
-        if parts.path not in ("", "/") or parts.query or parts.fragment:
-            raise ValueError(f"must be just mqtt[s]://host[:port], got {url!r}")
-        if parts.username or parts.password:
-            raise ValueError("must not carry credentials; use username and password")
-        return url
+        return check_broker_url(url)
 
     @field_validator("ca_file", "cert_file", "key_file")
     @classmethod
@@ -192,18 +178,17 @@ class MqttSettings(_Model):
     @property
     def tls(self) -> bool:
         """Whether the connection uses TLS (``mqtts://``)."""
-        return urlsplit(self.url).scheme == "mqtts"
+        return broker_address(self.url).tls
 
     @property
     def host(self) -> str:
         """The broker's host name or address."""
-        return urlsplit(self.url).hostname or ""
+        return broker_address(self.url).host
 
     @property
     def port(self) -> int:
         """The broker's port (1883 / 8883 unless the URL names one)."""
-        parts = urlsplit(self.url)
-        return parts.port or _MQTT_PORTS[parts.scheme]
+        return broker_address(self.url).port
 
 
 # --- buses and meters -----------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from segs.hub.exceptions import ConfigError
 from segs.protocol import limits
+from segs.protocol.broker import broker_address, check_broker_url
 from segs.protocol.ids import Id
 
 __all__ = [
@@ -53,7 +54,6 @@ CONFIG_ENV: Final = "SEGS_CONFIG"
 DEFAULT_DATABASE_URL: Final = "sqlite:///segs.db"
 """An SQLite file in the working directory: the embedded default for demos."""
 
-_MQTT_PORTS: Final = {"mqtt": 1883, "mqtts": 8883}
 _DATABASE_SCHEMES: Final = ("sqlite", "postgresql", "postgresql+psycopg", "postgres")
 
 Mode = Literal["demo", "production"]
@@ -159,20 +159,7 @@ class HubSettings(BaseSettings):
     @field_validator("mqtt_url")
     @classmethod
     def _check_mqtt_url(cls, url: str) -> str:
-        parts = urlsplit(url)
-        if parts.scheme not in _MQTT_PORTS:
-            raise ValueError(f"must start with mqtt:// or mqtts://, got {url!r}")
-        if not parts.hostname:
-            raise ValueError(f"has no host: {url!r}")
-        try:
-            parts.port  # noqa: B018 - urlsplit checks the port lazily
-        except ValueError:
-            raise ValueError(f"has an invalid port: {url!r}") from None
-        if parts.path not in ("", "/") or parts.query or parts.fragment:
-            raise ValueError(f"must be just mqtt[s]://host[:port], got {url!r}")
-        if parts.username or parts.password:
-            raise ValueError("must not carry credentials; use mqtt_username and mqtt_password")
-        return url
+        return check_broker_url(url, credentials_hint="mqtt_username and mqtt_password")
 
     @field_validator("share_group")
     @classmethod
@@ -222,18 +209,17 @@ class HubSettings(BaseSettings):
     @property
     def mqtt_tls(self) -> bool:
         """Whether the broker connection uses TLS (``mqtts://``)."""
-        return urlsplit(self.mqtt_url).scheme == "mqtts"
+        return broker_address(self.mqtt_url).tls
 
     @property
     def mqtt_host(self) -> str:
         """The broker's host."""
-        return urlsplit(self.mqtt_url).hostname or ""
+        return broker_address(self.mqtt_url).host
 
     @property
     def mqtt_port(self) -> int:
         """The broker's port (1883 / 8883 unless the URL names one)."""
-        parts = urlsplit(self.mqtt_url)
-        return parts.port or _MQTT_PORTS[parts.scheme]
+        return broker_address(self.mqtt_url).port
 
     @property
     def share_group_or_none(self) -> str | None:
