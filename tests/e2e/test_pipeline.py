@@ -10,25 +10,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import os
 import sys
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
 from sqlmodel import Session, select
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "edge"))
 
 from services import MosquittoBroker, PostgresDatabase
-from testhub import edge_settings, energy_consistent, running_sim
+from testhub import (
+    edge_settings,
+    energy_consistent,
+    running_agent,
+    running_sim,
+    step_windows,
+    truth_power_and_voltage,
+)
 
-from segs.edge.agent import Agent
-from segs.edge.config import EdgeSettings
 from segs.hub.db import Gateway, Meter, MeterRollup15m, MeterWindow, RegionalLoad
 from segs.hub.db.migrate import migrate
 from segs.hub.ingest import Ingest
@@ -70,34 +71,10 @@ async def running_hub(database: PostgresDatabase, broker: MosquittoBroker) -> As
         store.close()
 
 
-@contextlib.asynccontextmanager
-async def running_agent(settings: EdgeSettings) -> AsyncIterator[Agent]:
-    """The edge agent as a task; it must stop cleanly within 10 s."""
-    agent = Agent(settings, mqtt_backoff_initial_s=0.2, mqtt_backoff_max_s=1.0)
-    stop = asyncio.Event()
-    task = asyncio.create_task(agent.run(stop))
-    try:
-        yield agent
-    finally:
-        stop.set()
-        async with asyncio.timeout(10):
-            assert await task == 0
-
-
 def _stored(store: Store, meter_id: str) -> list[MeterWindow]:
     with Session(store.engine) as session:
         query = select(MeterWindow).where(MeterWindow.meter_id == meter_id)
         return sorted(session.exec(query).all(), key=lambda w: w.window_start)
-
-
-def _truth(state: dict[str, Any]) -> tuple[float, float]:
-    values = state["values"]
-    phases = range(1, state["phases"] + 1)
-    power = values.get("power_total")
-    if power is None:
-        power = sum(values[f"power_l{n}"] for n in phases)
-    voltage = sum(values[f"voltage_l{n}"] for n in phases) / len(phases)
-    return float(power), float(voltage)
 
 
 async def _wait_stored(store: Store, meters: list[str], start: float) -> None:
@@ -110,10 +87,6 @@ async def _wait_stored(store: Store, meters: list[str], start: float) -> None:
             await asyncio.sleep(0.1)
 
 
-async def _sleep_until(epoch: float) -> None:
-    await asyncio.sleep(max(0.0, epoch - time.time()))
-
-
 async def test_stored_windows_match_the_simulators_truth(
     mosquitto: MosquittoBroker, pg_fresh_database: PostgresDatabase, tmp_path: Path
 ) -> None:
@@ -121,24 +94,11 @@ async def test_stored_windows_match_the_simulators_truth(
         running_sim(3, update_interval=3600.0, control=True) as sim,
         running_hub(pg_fresh_database, mosquitto) as store,
     ):
-        assert sim.control is not None
         settings = edge_settings(tmp_path / "edge", sim=sim, mqtt_url=mosquitto.url)
         meters = [m.id for m in settings.meters]
-        truth: dict[tuple[str, float], dict[str, Any]] = {}
-        clean: list[float] = []
-        api = httpx.AsyncClient(base_url=f"http://127.0.0.1:{sim.control.port}", timeout=5)
-        async with api, running_agent(settings):
-            first = math.ceil(time.time() / W) * W + W
-            for k in range(5):
-                boundary = first + k * W
-                await _sleep_until(boundary - 0.1)
-                sim.update()
-                if time.time() < boundary - 0.03:  # on time: no poll of the window is stale
-                    clean.append(boundary)
-                await _sleep_until(boundary + W / 2)
-                for meter in meters:
-                    truth[meter, boundary] = (await api.get(f"/meters/{meter}")).json()
-            last = first + 4 * W
+        async with running_agent(settings):
+            run = await step_windows(sim, meters, window_s=W)
+            truth, clean, last = run.states, run.clean, run.last
             await _wait_stored(store, meters, last)
         assert len(clean) >= 3, "the test could not keep time"
 
@@ -148,7 +108,7 @@ async def test_stored_windows_match_the_simulators_truth(
             for boundary in clean:
                 window = by_start[boundary]
                 state = truth[meter, boundary]
-                power, voltage = _truth(state)
+                power, voltage = truth_power_and_voltage(state)
                 assert window.power_avg_kw == pytest.approx(power, rel=0.02, abs=0.002), meter
                 assert window.voltage_avg_v == pytest.approx(voltage, rel=0.005), meter
                 assert window.import_kwh == pytest.approx(

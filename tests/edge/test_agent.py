@@ -9,16 +9,11 @@ fixed sleeps are the scenario itself (a broker kept down for a while).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import math
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
 from services import MosquittoBroker
 
@@ -29,13 +24,14 @@ from testhub import (
     energy_consistent,
     gaps,
     outbox_rows,
+    running_agent,
     running_sim,
     starts,
+    step_windows,
+    truth_power_and_voltage,
     wait_for,
 )
 
-from segs.edge.agent import Agent
-from segs.edge.config import EdgeSettings
 from segs.protocol import QualityFlag
 from segs.sim.faults import parse_fault
 
@@ -44,39 +40,6 @@ pytestmark = pytest.mark.usefixtures("clean_env")
 W = 2
 """Window length of these tests, s."""
 POLL = 0.25
-
-
-@contextlib.asynccontextmanager
-async def running_agent(settings: EdgeSettings, **kwargs: Any) -> AsyncIterator[Agent]:
-    """The agent as a task; stopped at the end, when it must exit with 0 within 10 s."""
-    kwargs.setdefault("mqtt_backoff_initial_s", 0.2)
-    kwargs.setdefault("mqtt_backoff_max_s", 1.0)
-    agent = Agent(settings, **kwargs)
-    stop = asyncio.Event()
-    task = asyncio.create_task(agent.run(stop))
-    try:
-        yield agent
-        assert not task.done(), "the agent stopped on its own"
-    finally:
-        stop.set()
-        async with asyncio.timeout(10):
-            code = await task
-    assert code == 0
-
-
-async def sleep_until(epoch: float) -> None:
-    await asyncio.sleep(max(0.0, epoch - time.time()))
-
-
-def truth_power_and_voltage(state: dict[str, Any]) -> tuple[float, float]:
-    """The true total power (kW) and mean phase voltage (V) of a meter's state."""
-    values = state["values"]
-    phases = range(1, state["phases"] + 1)
-    power = values.get("power_total")
-    if power is None:
-        power = sum(values[f"power_l{n}"] for n in phases)
-    voltage = sum(values[f"voltage_l{n}"] for n in phases) / len(phases)
-    return float(power), float(voltage)
 
 
 # --- values ---------------------------------------------------------------------------------
@@ -91,25 +54,11 @@ async def test_windows_match_the_simulators_truth_and_deltas_sum_to_the_counters
         running_sim(3, update_interval=3600.0, control=True) as sim,
         AckingHub(mosquitto.host, mosquitto.port) as hub,
     ):
-        assert sim.control is not None
         settings = edge_settings(tmp_path / "data", sim=sim, mqtt_url=mosquitto.url)
         meters = [m.id for m in settings.meters]
-        truth: dict[tuple[str, float], dict[str, Any]] = {}
-        clean: list[float] = []
-        api = httpx.AsyncClient(base_url=f"http://127.0.0.1:{sim.control.port}", timeout=5)
-        async with api, running_agent(settings):
-            first = math.ceil(time.time() / W) * W + W
-            for k in range(5):
-                boundary = first + k * W
-                await sleep_until(boundary - 0.1)
-                sim.update()
-                if time.time() < boundary - 0.03:  # on time: no poll of the window is stale
-                    clean.append(boundary)
-                await sleep_until(boundary + W / 2)
-                for meter in meters:
-                    response = await api.get(f"/meters/{meter}")
-                    truth[meter, boundary] = response.json()
-            last = first + 4 * W
+        async with running_agent(settings):
+            run = await step_windows(sim, meters, window_s=W)
+            truth, clean, last = run.states, run.clean, run.last
             await wait_for(
                 lambda: all((m, last) in {(w.meter_id, w.window_start.timestamp())
                                           for w in hub.windows.values()} for m in meters),

@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import math
 import sqlite3
 import time
 from collections import Counter, defaultdict
@@ -37,7 +38,9 @@ from types import TracebackType
 from typing import Any, Self
 
 import aiomqtt
+import httpx
 
+from segs.edge.agent import Agent
 from segs.edge.config import EdgeSettings
 from segs.protocol import (
     Ack,
@@ -505,3 +508,75 @@ def gaps(windows: Sequence[Window]) -> list[float]:
     width = windows[0].window_seconds
     present = set(got)
     return [float(t) for t in range(int(got[0]), int(got[-1]), width) if t not in present]
+
+
+@contextlib.asynccontextmanager
+async def running_agent(settings: EdgeSettings, **kwargs: Any) -> AsyncIterator[Agent]:
+    """The agent as a task; stopped at the end, when it must exit with 0 within 10 s."""
+    kwargs.setdefault("mqtt_backoff_initial_s", 0.2)
+    kwargs.setdefault("mqtt_backoff_max_s", 1.0)
+    agent = Agent(settings, **kwargs)
+    stop = asyncio.Event()
+    task = asyncio.create_task(agent.run(stop))
+    try:
+        yield agent
+        assert not task.done(), "the agent stopped on its own"
+    finally:
+        stop.set()
+        async with asyncio.timeout(10):
+            code = await task
+    assert code == 0
+
+
+async def sleep_until(epoch: float) -> None:
+    """Sleep until the wall clock reads ``epoch``."""
+    await asyncio.sleep(max(0.0, epoch - time.time()))
+
+
+def truth_power_and_voltage(state: dict[str, Any]) -> tuple[float, float]:
+    """The true total power (kW) and mean phase voltage (V) of a meter's state."""
+    values = state["values"]
+    phases = range(1, state["phases"] + 1)
+    power = values.get("power_total")
+    if power is None:
+        power = sum(values[f"power_l{n}"] for n in phases)
+    voltage = sum(values[f"voltage_l{n}"] for n in phases) / len(phases)
+    return float(power), float(voltage)
+
+
+@dataclass(frozen=True)
+class Truth:
+    """What the simulator really did in each window of a stepped run."""
+
+    states: dict[tuple[str, float], dict[str, Any]]
+    """The control API's state of each (meter, window start), read mid-window."""
+    clean: list[float]
+    """Window starts stepped on time, so no poll of the window saw a stale state."""
+    last: float
+    """The last window start."""
+
+
+async def step_windows(
+    sim: Simulator, meters: Sequence[str], *, window_s: int, windows: int = 5
+) -> Truth:
+    """Move the physics once per window, 0.1 s before it starts; record the truth mid-window.
+
+    The simulator must run with a long ``update_interval`` so only these steps
+    move it: every poll of a window then reads the same state and the truth is exact.
+    """
+    assert sim.control is not None
+    states: dict[tuple[str, float], dict[str, Any]] = {}
+    clean: list[float] = []
+    api = httpx.AsyncClient(base_url=f"http://127.0.0.1:{sim.control.port}", timeout=5)
+    async with api:
+        first = math.ceil(time.time() / window_s) * window_s + window_s
+        for k in range(windows):
+            boundary = first + k * window_s
+            await sleep_until(boundary - 0.1)
+            sim.update()
+            if time.time() < boundary - 0.03:  # on time: no poll of the window is stale
+                clean.append(boundary)
+            await sleep_until(boundary + window_s / 2)
+            for meter in meters:
+                states[meter, boundary] = (await api.get(f"/meters/{meter}")).json()
+    return Truth(states, clean, first + (windows - 1) * window_s)
