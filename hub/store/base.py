@@ -1275,3 +1275,35 @@ def _merge(total: CommitResult, part: CommitResult) -> None:
         "counter_breaks",
     ):
         setattr(total, name, getattr(total, name) + getattr(part, name))
+
+
+def rollup_upsert(*, least: str, greatest: str) -> str:
+    """The ``ON CONFLICT`` clause merging a batch's rollup rows into stored ones.
+
+    Both backends merge the same way; only the two-argument min/max functions
+    are spelled differently (``least``/``greatest`` on PostgreSQL, ``min``/``max``
+    on SQLite).
+    """
+    return f"""\
+    ON CONFLICT (meter_id, bucket_start) DO UPDATE SET
+        windows = r.windows + excluded.windows,
+        seconds = r.seconds + excluded.seconds,
+        samples_got = r.samples_got + excluded.samples_got,
+        samples_expected = r.samples_expected + excluded.samples_expected,
+        import_kwh = r.import_kwh + excluded.import_kwh,
+        export_kwh = r.export_kwh + excluded.export_kwh,
+        power_min_kw = {least}(r.power_min_kw, excluded.power_min_kw),
+        power_max_kw = {greatest}(r.power_max_kw, excluded.power_max_kw),
+        power_avg_kw = (r.power_avg_kw * r.seconds + excluded.power_avg_kw * excluded.seconds)
+            / (r.seconds + excluded.seconds),
+        first_window_start = {least}(r.first_window_start, excluded.first_window_start),
+        first_import_kwh = CASE WHEN excluded.first_window_start < r.first_window_start
+            THEN excluded.first_import_kwh ELSE r.first_import_kwh END,
+        first_export_kwh = CASE WHEN excluded.first_window_start < r.first_window_start
+            THEN excluded.first_export_kwh ELSE r.first_export_kwh END,
+        last_window_start = {greatest}(r.last_window_start, excluded.last_window_start),
+        last_import_kwh = CASE WHEN excluded.last_window_start > r.last_window_start
+            THEN excluded.last_import_kwh ELSE r.last_import_kwh END,
+        last_export_kwh = CASE WHEN excluded.last_window_start > r.last_window_start
+            THEN excluded.last_export_kwh ELSE r.last_export_kwh END
+"""

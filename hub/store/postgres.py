@@ -29,7 +29,15 @@ import psycopg
 from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 
-from segs.hub.store.base import Break, LateWindow, Neighbours, Store, Tail, WindowsOutcome
+from segs.hub.store.base import (
+    Break,
+    LateWindow,
+    Neighbours,
+    Store,
+    Tail,
+    WindowsOutcome,
+    rollup_upsert,
+)
 from segs.protocol import Window
 
 __all__ = ["PostgresStore"]
@@ -113,6 +121,8 @@ _COPY_KNOWN: Final = f"COPY segs_stage_known ({_COLUMNS}) FROM STDIN (FORMAT BIN
 
 _EPOCH: Final = "TIMESTAMPTZ '1970-01-01 00:00:00+00'"
 
+_PG_UPSERT: Final = rollup_upsert(least="least", greatest="greatest")
+
 
 def _rollup(table: str, width: str) -> str:
     """The CTE body adding the new windows to one rollup table (buckets of ``width``)."""
@@ -137,28 +147,7 @@ def _rollup(table: str, width: str) -> str:
             ARRAY[date_part('epoch', window_start), import_kwh, export_kwh] AS l
         FROM ins) AS x
     GROUP BY meter_id, b
-    ON CONFLICT (meter_id, bucket_start) DO UPDATE SET
-        windows = r.windows + excluded.windows,
-        seconds = r.seconds + excluded.seconds,
-        samples_got = r.samples_got + excluded.samples_got,
-        samples_expected = r.samples_expected + excluded.samples_expected,
-        import_kwh = r.import_kwh + excluded.import_kwh,
-        export_kwh = r.export_kwh + excluded.export_kwh,
-        power_min_kw = least(r.power_min_kw, excluded.power_min_kw),
-        power_max_kw = greatest(r.power_max_kw, excluded.power_max_kw),
-        power_avg_kw = (r.power_avg_kw * r.seconds + excluded.power_avg_kw * excluded.seconds)
-            / (r.seconds + excluded.seconds),
-        first_window_start = least(r.first_window_start, excluded.first_window_start),
-        first_import_kwh = CASE WHEN excluded.first_window_start < r.first_window_start
-            THEN excluded.first_import_kwh ELSE r.first_import_kwh END,
-        first_export_kwh = CASE WHEN excluded.first_window_start < r.first_window_start
-            THEN excluded.first_export_kwh ELSE r.first_export_kwh END,
-        last_window_start = greatest(r.last_window_start, excluded.last_window_start),
-        last_import_kwh = CASE WHEN excluded.last_window_start > r.last_window_start
-            THEN excluded.last_import_kwh ELSE r.last_import_kwh END,
-        last_export_kwh = CASE WHEN excluded.last_window_start > r.last_window_start
-            THEN excluded.last_export_kwh ELSE r.last_export_kwh END
-    """  # noqa: S608 - built from module constants only
+{_PG_UPSERT}    """  # noqa: S608 - built from module constants only
 
 
 _RETURNED: Final = (

@@ -22,7 +22,15 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 
 from segs.hub.db.types import from_micros, to_micros
-from segs.hub.store.base import Break, LateWindow, Neighbours, Store, Tail, WindowsOutcome
+from segs.hub.store.base import (
+    Break,
+    LateWindow,
+    Neighbours,
+    Store,
+    Tail,
+    WindowsOutcome,
+    rollup_upsert,
+)
 from segs.protocol import Window
 
 __all__ = ["SqliteStore"]
@@ -165,6 +173,8 @@ INSERT INTO main.meter_windows ({_COLUMNS}, counter_break)
 SELECT {_COLUMNS}, 0 FROM segs_stage
 """  # noqa: S608 - built from module constants only
 
+_SQLITE_UPSERT: Final = rollup_upsert(least="min", greatest="max")
+
 
 def _rollup(table: str, width_us: int) -> str:
     return f"""
@@ -192,28 +202,7 @@ def _rollup(table: str, width_us: int) -> str:
     )
     WHERE true
     GROUP BY meter_id, b
-    ON CONFLICT (meter_id, bucket_start) DO UPDATE SET
-        windows = r.windows + excluded.windows,
-        seconds = r.seconds + excluded.seconds,
-        samples_got = r.samples_got + excluded.samples_got,
-        samples_expected = r.samples_expected + excluded.samples_expected,
-        import_kwh = r.import_kwh + excluded.import_kwh,
-        export_kwh = r.export_kwh + excluded.export_kwh,
-        power_min_kw = min(r.power_min_kw, excluded.power_min_kw),
-        power_max_kw = max(r.power_max_kw, excluded.power_max_kw),
-        power_avg_kw = (r.power_avg_kw * r.seconds + excluded.power_avg_kw * excluded.seconds)
-            / (r.seconds + excluded.seconds),
-        first_window_start = min(r.first_window_start, excluded.first_window_start),
-        first_import_kwh = CASE WHEN excluded.first_window_start < r.first_window_start
-            THEN excluded.first_import_kwh ELSE r.first_import_kwh END,
-        first_export_kwh = CASE WHEN excluded.first_window_start < r.first_window_start
-            THEN excluded.first_export_kwh ELSE r.first_export_kwh END,
-        last_window_start = max(r.last_window_start, excluded.last_window_start),
-        last_import_kwh = CASE WHEN excluded.last_window_start > r.last_window_start
-            THEN excluded.last_import_kwh ELSE r.last_import_kwh END,
-        last_export_kwh = CASE WHEN excluded.last_window_start > r.last_window_start
-            THEN excluded.last_export_kwh ELSE r.last_export_kwh END
-    """  # noqa: S608 - built from module constants only
+{_SQLITE_UPSERT}    """  # noqa: S608 - built from module constants only
 
 
 _ROLLUPS: Final = (
