@@ -49,6 +49,7 @@ transaction (one fsync per stored batch).
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import math
 import signal
@@ -67,6 +68,7 @@ from segs.edge.counters import CounterMark, CounterStore, merge_windows
 from segs.edge.events import EventDetector
 from segs.edge.exceptions import CorruptBatchError, OutboxError
 from segs.edge.link import LinkError, MqttLink
+from segs.edge.memory import trim_heap
 from segs.edge.outbox import (
     DEFAULT_FILENAME as OUTBOX_FILENAME,
 )
@@ -224,6 +226,9 @@ class Agent:
                         clock=self._clock,
                     )
                     self.pollers.append(await stack.enter_async_context(poller))
+                # What start-up freed (config, profiles, outbox scan) leaves the RSS (issue 4).
+                gc.collect()
+                trim_heap()
                 await self._run_tasks(stop)
         except Exception:  # noqa: BLE001 - the agent's top level: log, exit non-zero
             _log.critical("the edge agent failed", exc_info=True)
@@ -372,6 +377,7 @@ class Agent:
                 windows = self.aggregator.close_due(now)
                 if windows:
                     self._store_windows(windows)
+                    trim_heap()  # closing and encoding the windows freed many small blocks
             except Exception:  # noqa: BLE001 - the task's top level: log, count, go on
                 self.errors += 1
                 _log.exception("closing windows failed")

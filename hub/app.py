@@ -11,6 +11,7 @@ hub offline.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -18,16 +19,21 @@ import threading
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Final, Protocol
 
+from segs.hub.api import ApiServer
+from segs.hub.db.engine import make_engine
+from segs.hub.db.migrate import check_current
 from segs.hub.db.types import utc_now
 from segs.hub.ingest import Ingest
+from segs.hub.mail import MailDelivery
 from segs.hub.retention import Retention
 from segs.hub.settings import HubSettings
 from segs.hub.store import Clock, Store, StoreOptions, open_store
 
 __all__ = ["COMPONENTS", "run"]
 
-COMPONENTS: Final = ("ingest", "retention")
-"""The components ``segs hub run`` starts, in order; later issues add the API and engines."""
+COMPONENTS: Final = ("ingest", "retention", "api", "mail")
+"""The components ``segs hub run`` starts, in order."""
+_STORE_COMPONENTS: Final = frozenset({"ingest", "retention"})
 
 GIL_SWITCH_INTERVAL_S: Final = 0.001
 """The hub's GIL switch interval (Python's default is 5 ms).
@@ -48,10 +54,29 @@ class _StopRequestedError(Exception):
     """Raised inside the TaskGroup to stop every component."""
 
 
-def _build(name: str, settings: HubSettings, store: Store, clock: Clock) -> _Component:
+def _build(
+    name: str,
+    settings: HubSettings,
+    store: Store | None,
+    clock: Clock,
+    built: dict[str, _Component],
+) -> _Component:
+    if name == "api":
+        ingest = built.get("ingest")
+        stats = (lambda: ingest_counters(ingest)) if isinstance(ingest, Ingest) else None
+        return ApiServer(settings, clock=clock, ingest_stats=stats)
+    if name == "mail":
+        return MailDelivery(settings, clock=clock)
+    if store is None:
+        raise ValueError(f"component {name} needs a store")
     if name == "ingest":
         return Ingest(settings, store, clock=clock)
     return Retention(settings, store, clock=clock)
+
+
+def ingest_counters(ingest: Ingest) -> dict[str, float]:
+    """The ingest component's counters, for ``/metrics``."""
+    return {name: float(value) for name, value in vars(ingest.stats).items()}
 
 
 async def run(
@@ -89,11 +114,20 @@ async def run(
     options = StoreOptions.from_settings(settings)
     stores: list[Store] = []
     try:
-        components: list[tuple[str, _Component]] = []
+        built: dict[str, _Component] = {}
+        if "api" in names or "mail" in names:
+            _check_schema(settings.database_url)
         for name in names:
-            store = open_store(settings.database_url, options=options, clock=clock)
-            stores.append(store)
-            components.append((name, _build(name, settings, store, clock)))
+            store = None
+            if name in _STORE_COMPONENTS:
+                store = open_store(settings.database_url, options=options, clock=clock)
+                stores.append(store)
+            built[name] = _build(name, settings, store, clock, built)
+        components = list(built.items())
+        # Everything built so far lives as long as the process: keep it out of the
+        # collector's generations so full collections stay short under API load.
+        gc.collect()
+        gc.freeze()
         _log.info("hub %s running: %s (%s mode)", settings.hub_id, ", ".join(names), settings.mode)
         try:
             async with asyncio.TaskGroup() as tasks:
@@ -110,6 +144,14 @@ async def run(
             loop.remove_signal_handler(signum)
         for store in stores:
             store.close()
+
+
+def _check_schema(url: str) -> None:
+    engine = make_engine(url)
+    try:
+        check_current(engine)
+    finally:
+        engine.dispose()
 
 
 async def _until(wait: Callable[[], Awaitable[object]]) -> None:

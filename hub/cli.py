@@ -8,6 +8,11 @@
     migrated (exit 2) unless ``--migrate`` is given, which migrates first.
 ``segs hub retention [--config FILE] [--older-than-days DAYS]``
     Delete old minute windows once (default: ``retention_days``) and print how many.
+``segs hub create-user --email E --password P --role R [--region R] [--meter M] [--username U]``
+    Create an active, verified account (the first admin, operators, demo customers).
+    Exit 1 when the rules refuse it (weak password, taken email, unknown meter).
+``segs hub outbox [--to EMAIL] [--limit N] [--json]``
+    Print the newest mail of the outbox (one-time codes when no SMTP server is set up).
 
 Settings come from ``SEGS_*`` environment variables and the TOML file named by
 ``--config`` or ``SEGS_CONFIG`` (see :mod:`segs.hub.settings`). Exit 2 when they
@@ -18,16 +23,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
+import re
 import sys
 from datetime import timedelta
 from pathlib import Path
 
+from sqlmodel import Session, col, select
+
+from segs.hub.accounts import AccountError, Accounts, normalize_email
 from segs.hub.app import COMPONENTS
 from segs.hub.app import run as run_hub
-from segs.hub.db.migrate import migrate
+from segs.hub.db import MailMessage, Role
+from segs.hub.db.engine import make_engine
+from segs.hub.db.migrate import check_current, migrate
 from segs.hub.db.types import utc_now
 from segs.hub.exceptions import ConfigError, HubError, MigrationError, SchemaNotCurrentError
+from segs.hub.security import TokenService
 from segs.hub.settings import HubSettings, load_settings
 from segs.hub.store import StoreOptions, open_store
 
@@ -82,6 +95,30 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     retention.add_argument(
         "--older-than-days", type=float, metavar="DAYS", help="default: retention_days"
     )
+    create_user = with_config(
+        sub.add_parser(
+            "create-user",
+            help="create an active account",
+            description="Create an active, verified account: the first admin, operators, "
+            "customers linked to their meter.",
+        )
+    )
+    create_user.add_argument("--email", required=True)
+    create_user.add_argument("--password", required=True)
+    create_user.add_argument("--role", choices=[role.value for role in Role], default="user")
+    create_user.add_argument("--region", help="required for operators; default: the meter's")
+    create_user.add_argument("--meter", metavar="METER_ID", help="link this meter to the user")
+    create_user.add_argument("--username", help="default: the email's local part")
+    outbox = with_config(
+        sub.add_parser(
+            "outbox",
+            help="print the mail outbox",
+            description="Print the newest mail the hub wrote (one-time codes), newest last.",
+        )
+    )
+    outbox.add_argument("--to", metavar="EMAIL", help="only mail to this address")
+    outbox.add_argument("--limit", type=int, default=10, help="how many (default 10)")
+    outbox.add_argument("--json", action="store_true", help="one JSON object per line")
     return parser
 
 
@@ -100,6 +137,10 @@ def run(args: argparse.Namespace) -> int:
             return 0
         if args.action == "retention":
             return _retention(settings, args.older_than_days)
+        if args.action == "create-user":
+            return _create_user(settings, args)
+        if args.action == "outbox":
+            return _outbox(settings, args)
         if args.migrate:
             migrate(settings.database_url)
         return asyncio.run(run_hub(settings, only=args.only))
@@ -124,3 +165,76 @@ def _retention(settings: HubSettings, days: float | None) -> int:
         deleted = store.retention(cutoff, batch_size=settings.retention_batch_size)
     print(f"deleted {deleted} minute windows older than {cutoff.isoformat()}")
     return 0
+
+
+def _create_user(settings: HubSettings, args: argparse.Namespace) -> int:
+    engine = make_engine(settings.database_url)
+    try:
+        check_current(engine)
+        accounts = Accounts(settings, TokenService(settings, clock=utc_now), clock=utc_now)
+        username = args.username or _username_from(args.email)
+        with Session(engine) as session:
+            try:
+                user = accounts.create_user(
+                    session,
+                    email=args.email,
+                    username=username,
+                    password=args.password,
+                    role=Role(args.role),
+                    region=args.region,
+                    meter_id=args.meter,
+                    verified=True,
+                )
+            except AccountError as exc:
+                details = "".join(f"\n  - {line}" for line in exc.details)
+                print(f"segs hub create-user: {exc.message}{details}", file=sys.stderr)
+                return 1
+            session.commit()
+            print(
+                f"created {user.role} {user.email} (username {user.username}, id {user.user_id}"
+                + (f", region {user.region}" if user.region else "")
+                + (f", meter {args.meter}" if args.meter else "")
+                + ")"
+            )
+        return 0
+    finally:
+        engine.dispose()
+
+
+def _username_from(email: str) -> str:
+    local = re.sub(r"[^A-Za-z0-9_.-]", "-", email.split("@", 1)[0]).strip("-._")
+    return (local or "user")[:32].ljust(3, "0")
+
+
+def _outbox(settings: HubSettings, args: argparse.Namespace) -> int:
+    engine = make_engine(settings.database_url)
+    try:
+        check_current(engine)
+        with Session(engine) as session:
+            query = select(MailMessage).order_by(col(MailMessage.id).desc()).limit(args.limit)
+            if args.to:
+                query = query.where(MailMessage.to_address == normalize_email(args.to))
+            rows = list(reversed(session.exec(query).all()))
+        for row in rows:
+            if args.json:
+                print(
+                    json.dumps(
+                        {
+                            "id": row.id,
+                            "to": row.to_address,
+                            "subject": row.subject,
+                            "body": row.body,
+                            "created_at": row.created_at.isoformat(),
+                            "sent_at": row.sent_at.isoformat() if row.sent_at else None,
+                        }
+                    )
+                )
+            else:
+                state = f"sent {row.sent_at.isoformat()}" if row.sent_at else "not sent"
+                print(f"--- #{row.id} {row.created_at.isoformat()} to {row.to_address} ({state})")
+                print(f"Subject: {row.subject}\n\n{row.body}\n")
+        if not rows and not args.json:
+            print("the outbox is empty")
+        return 0
+    finally:
+        engine.dispose()

@@ -41,6 +41,7 @@ from segs.protocol.ids import Id
 __all__ = [
     "CONFIG_ENV",
     "DEFAULT_DATABASE_URL",
+    "DEMO_JWT_SECRET",
     "ENV_PREFIX",
     "HubSettings",
     "Mode",
@@ -53,6 +54,8 @@ CONFIG_ENV: Final = "SEGS_CONFIG"
 """The environment variable naming the optional TOML settings file."""
 DEFAULT_DATABASE_URL: Final = "sqlite:///segs.db"
 """An SQLite file in the working directory: the embedded default for demos."""
+DEMO_JWT_SECRET: Final = "segs-demo-secret-change-me-outside-demo-mode"  # noqa: S105
+"""The default token signing key: fine on a laptop, refused in production mode."""
 
 _DATABASE_SCHEMES: Final = ("sqlite", "postgresql", "postgresql+psycopg", "postgres")
 
@@ -124,6 +127,41 @@ class HubSettings(BaseSettings):
     retention_interval_s: float = Field(default=3600.0, gt=0.0, le=86_400.0)
     retention_batch_size: int = Field(default=10_000, ge=1, le=1_000_000)
 
+    # -- API -----------------------------------------------------------------------------------
+    api_host: str = "127.0.0.1"
+    """Address the REST API listens on (``0.0.0.0`` to serve other machines)."""
+    api_port: int = Field(default=8000, ge=0, le=65_535)
+    """Port of the REST API (``SEGS_API_PORT``); 0 picks a free one."""
+    jwt_secret: SecretStr = SecretStr(DEMO_JWT_SECRET)
+    """HS256 signing key of access tokens; the API refuses the default outside demo mode
+    (an ingest-only worker never needs it)."""
+    jwt_algorithm: Literal["HS256", "RS256"] = "HS256"
+    jwt_private_key_file: Path | None = None
+    """RS256: PEM private key that signs access tokens."""
+    jwt_public_key_file: Path | None = None
+    """RS256: PEM public key that verifies them."""
+    jwt_issuer: str = "segs-hub"
+    access_token_ttl_s: int = Field(default=900, ge=30, le=86_400)
+    refresh_token_ttl_s: int = Field(default=30 * 86_400, ge=300, le=365 * 86_400)
+    otp_ttl_s: int = Field(default=600, ge=60, le=86_400)
+    otp_max_attempts: int = Field(default=5, ge=1, le=100)
+    login_max_failures: int = Field(default=5, ge=1, le=1000)
+    """Consecutive failed logins of one account before it is locked for ``login_lockout_s``."""
+    login_lockout_s: int = Field(default=900, ge=1, le=86_400)
+    login_rate_per_address: str = "30/5minutes"
+    """Login attempts allowed per client address (``limits`` notation, e.g. ``30/5minutes``)."""
+    password_min_length: int = Field(default=10, ge=8, le=128)
+
+    # -- mail ----------------------------------------------------------------------------------
+    smtp_host: str | None = None
+    """SMTP server for one-time codes; without it mail stays in the outbox table
+    (``segs hub outbox`` prints it)."""
+    smtp_port: int = Field(default=587, ge=1, le=65_535)
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_starttls: bool = True
+    mail_from: str = "SEGS <no-reply@segs.invalid>"
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -177,7 +215,24 @@ class HubSettings(BaseSettings):
             raise ValueError(f"is not an IANA time zone: {name!r}") from None
         return name
 
-    @field_validator("mqtt_ca_file", "mqtt_cert_file", "mqtt_key_file")
+    @field_validator("login_rate_per_address")
+    @classmethod
+    def _check_rate(cls, rate: str) -> str:
+        from limits import parse  # noqa: PLC0415 - only the API needs limits at run time
+
+        try:
+            parse(rate)
+        except ValueError:
+            raise ValueError(f"must be like '30/5minutes', got {rate!r}") from None
+        return rate
+
+    @field_validator(
+        "mqtt_ca_file",
+        "mqtt_cert_file",
+        "mqtt_key_file",
+        "jwt_private_key_file",
+        "jwt_public_key_file",
+    )
     @classmethod
     def _file_exists(cls, path: Path | None) -> Path | None:
         if path is not None and not path.is_file():
@@ -197,6 +252,12 @@ class HubSettings(BaseSettings):
             raise ValueError("mqtt_cert_file and mqtt_key_file go together")
         if self.mqtt_password is not None and self.mqtt_username is None:
             raise ValueError("mqtt_password needs mqtt_username")
+        if self.jwt_algorithm == "RS256" and self.jwt_public_key_file is None:
+            raise ValueError("jwt_public_key_file: RS256 needs the PEM public key")
+        if self.jwt_algorithm == "HS256" and len(self.jwt_secret.get_secret_value()) < 32:
+            raise ValueError("jwt_secret: use at least 32 characters")
+        if self.smtp_password is not None and self.smtp_username is None:
+            raise ValueError("smtp_password needs smtp_username")
         if self.mode != "demo" and "database_url" not in self.model_fields_set:
             raise ValueError(
                 f"database_url: {self.mode} mode refuses the demo default "

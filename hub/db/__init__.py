@@ -5,6 +5,17 @@ Importing this package registers every table on :data:`metadata`.
 
 from __future__ import annotations
 
+from segs.hub.db.accounts import (
+    MailMessage,
+    OneTimeCode,
+    OtpPurpose,
+    RefreshToken,
+    Role,
+    Severity,
+    User,
+    UserPreferences,
+    UserStatus,
+)
 from segs.hub.db.base import NAMING_CONVENTION, metadata
 from segs.hub.db.readings import (
     DeadLetter,
@@ -40,6 +51,7 @@ __all__ = [
     "GatewayBase",
     "GatewayCreate",
     "GatewayPublic",
+    "MailMessage",
     "Meter",
     "MeterBase",
     "MeterCreate",
@@ -50,12 +62,20 @@ __all__ = [
     "MeterRollupDaily",
     "MeterStatus",
     "MeterWindow",
+    "OneTimeCode",
+    "OtpPurpose",
+    "RefreshToken",
     "Region",
     "RegionBase",
     "RegionCreate",
     "RegionPublic",
     "RegionalLoad",
+    "Role",
     "RollupFields",
+    "Severity",
+    "User",
+    "UserPreferences",
+    "UserStatus",
     "UtcDateTime",
     "from_micros",
     "metadata",

@@ -46,6 +46,11 @@ T0 = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
 """A Monday, 10:00 UTC: where the synthetic meters start."""
 
 HUB_TABLES = (
+    "mail_outbox",
+    "user_preferences",
+    "refresh_tokens",
+    "one_time_codes",
+    "users",
     "dead_letters",
     "meter_events",
     "meter_gaps",

@@ -1,0 +1,159 @@
+"""What routes depend on: the API context, a database session, the signed-in user, roles.
+
+Routes stay thin by asking for these ``Annotated`` aliases::
+
+    @router.get("/me")
+    def me(user: CurrentUser, session: SessionDep) -> UserPublic: ...
+
+Every request with a token re-reads its user, so a suspended account or a
+password change takes effect on the next request, not when the token expires.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Annotated, Any, Final
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from limits import RateLimitItem, parse, storage, strategies
+from sqlalchemy import Engine
+from sqlmodel import Session
+
+from segs.hub.accounts import Accounts
+from segs.hub.api.errors import ApiError
+from segs.hub.db import Role, User, UserStatus
+from segs.hub.security import InvalidTokenError, TokenService
+from segs.hub.settings import HubSettings
+
+__all__ = [
+    "AdminUser",
+    "ApiContext",
+    "ContextDep",
+    "CurrentUser",
+    "LoginThrottle",
+    "OperatorUser",
+    "SessionDep",
+    "require_roles",
+]
+
+_WWW_AUTHENTICATE: Final = {"WWW-Authenticate": "Bearer"}
+
+
+class LoginThrottle:
+    """Sign-in attempts per client address, and failures per email (in this process).
+
+    Per-email failures are counted for every email, known or not, so an unknown
+    address is throttled exactly like a real account (whose lockout is also kept
+    in the database, for every API replica to see).
+    """
+
+    def __init__(self, settings: HubSettings) -> None:
+        self._limiter = strategies.MovingWindowRateLimiter(storage.MemoryStorage())
+        self._per_address: RateLimitItem = parse(settings.login_rate_per_address)
+        self._per_email: RateLimitItem = parse(
+            f"{settings.login_max_failures}/{settings.login_lockout_s} seconds"
+        )
+
+    def attempt(self, address: str) -> bool:
+        """Count an attempt from ``address``; whether it is within the limit."""
+        return self._limiter.hit(self._per_address, "login-address", address)
+
+    def email_blocked(self, email: str) -> bool:
+        """Whether ``email`` has used up its failures."""
+        return not self._limiter.test(self._per_email, "login-email", email)
+
+    def failed(self, email: str) -> None:
+        """Count a failed sign-in of ``email``."""
+        self._limiter.hit(self._per_email, "login-email", email)
+
+    def succeeded(self, email: str) -> None:
+        """Forget ``email``'s failures."""
+        self._limiter.clear(self._per_email, "login-email", email)
+
+
+@dataclass
+class ApiContext:
+    """Everything the routes share, built once per app by :func:`segs.hub.api.create_app`."""
+
+    settings: HubSettings
+    engine: Engine
+    clock: Callable[[], datetime]
+    tokens: TokenService
+    accounts: Accounts
+    throttle: LoginThrottle
+    ingest_stats: Callable[[], dict[str, float]] | None = None
+    """Counters of the ingest component running in the same process, if any."""
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def _context(request: Request) -> ApiContext:
+    context = request.app.state.context
+    if not isinstance(context, ApiContext):
+        raise TypeError("the app has no ApiContext; build it with create_app()")
+    return context
+
+
+ContextDep = Annotated[ApiContext, Depends(_context)]
+
+
+def _session(context: ContextDep) -> Iterator[Session]:
+    with Session(context.engine, expire_on_commit=False) as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(_session)]
+
+_bearer = HTTPBearer(auto_error=False, description="an access token from /api/v1/auth/login")
+
+
+def _current_user(
+    context: ContextDep,
+    session: SessionDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> User:
+    if credentials is None:
+        raise ApiError(401, "sign in first: send an access token", headers=_WWW_AUTHENTICATE)
+    try:
+        claims = context.tokens.verify(credentials.credentials)
+    except InvalidTokenError:
+        raise ApiError(
+            401,
+            "the access token is invalid or expired",
+            code="invalid_token",
+            headers=_WWW_AUTHENTICATE,
+        ) from None
+    user = session.get(User, claims.user_id)
+    if (
+        user is None
+        or user.status != UserStatus.ACTIVE
+        or claims.issued_at < user.tokens_valid_after
+    ):
+        raise ApiError(
+            401,
+            "the access token is no longer valid",
+            code="invalid_token",
+            headers=_WWW_AUTHENTICATE,
+        )
+    return user
+
+
+CurrentUser = Annotated[User, Depends(_current_user)]
+
+
+def require_roles(*roles: Role) -> Callable[[User], User]:
+    """A dependency that lets only ``roles`` through (403 for the others)."""
+    allowed = {role.value for role in roles}
+
+    def check(user: CurrentUser) -> User:
+        if user.role not in allowed:
+            raise ApiError(403, f"this needs the role {' or '.join(sorted(allowed))}")
+        return user
+
+    return check
+
+
+OperatorUser = Annotated[User, Depends(require_roles(Role.OPERATOR, Role.ADMIN))]
+AdminUser = Annotated[User, Depends(require_roles(Role.ADMIN))]
