@@ -4,13 +4,16 @@ Each app has a registry of its own (several apps can live in one test
 process). Latency is labelled by the route's path template
 (``/api/v1/telemetry/operator/meters/{meter_id}/history``), never by the raw
 path, so label cardinality stays bounded; requests no route matched share
-the label ``unmatched``.
+the label ``unmatched``. Templates come from the app's OpenAPI paths, matched
+against the request path (FastAPI does not expose the full template of a route
+included through nested routers).
 """
 
 from __future__ import annotations
 
+import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Final
 
 from prometheus_client import CollectorRegistry, Histogram
@@ -24,6 +27,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from segs.hub.db import DeadLetter
 
 __all__ = ["ApiMetrics", "MetricsMiddleware"]
+
+_PARAMETER: Final = re.compile(r"\{[^/{}]+\}")
 
 _LATENCY_BUCKETS: Final = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -89,12 +94,40 @@ class ApiMetrics:
         self.registry.register(_HubCollector(engine, ingest_stats, extra))
 
 
+class _Templates:
+    """Request path → route template, from the OpenAPI paths of the app."""
+
+    def __init__(self, paths: Iterable[str]) -> None:
+        # Fewer parameters first: a literal segment wins over a parameter.
+        ordered = sorted(paths, key=lambda path: (path.count("{"), path))
+        self._patterns = [
+            (re.compile("^" + "[^/]+".join(map(re.escape, _PARAMETER.split(path))) + "$"), path)
+            for path in ordered
+        ]
+
+    def match(self, path: str) -> str:
+        for pattern, template in self._patterns:
+            if pattern.match(path):
+                return template
+        return "unmatched"
+
+
 class MetricsMiddleware:
     """Pure ASGI middleware timing every HTTP request into :attr:`ApiMetrics.latency`."""
 
     def __init__(self, app: ASGIApp, *, metrics: ApiMetrics) -> None:
         self.app = app
         self.metrics = metrics
+        self._templates: _Templates | None = None
+
+    def _template(self, scope: Scope) -> str:
+        if self._templates is None:
+            app = scope.get("app")
+            openapi = getattr(app, "openapi", None)
+            if openapi is None:
+                return "unmatched"
+            self._templates = _Templates(openapi().get("paths", {}))
+        return self._templates.match(scope.get("path", ""))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -112,8 +145,7 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, record_status)
         finally:
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
+            template = self._template(scope)
             self.metrics.latency.labels(scope.get("method", ""), template, str(status)).observe(
                 time.perf_counter() - started
             )

@@ -43,3 +43,15 @@ def test_the_benchmarks_page_has_the_hub_ingest_section() -> None:
     page = (ROOT / "docs" / "benchmarks.md").read_text(encoding="utf-8")
     assert "## Hub ingest" in page
     assert "benchmarks/hub_ingest.py" in page
+
+
+def test_every_api_endpoint_is_in_the_api_guide() -> None:
+    from segs.hub.api import API_PREFIX, create_app  # noqa: PLC0415
+
+    guide = (ROOT / "docs" / "api.md").read_text(encoding="utf-8")
+    paths = create_app(HubSettings(database_url="sqlite:///unused.db")).openapi()["paths"]
+    assert len(paths) > 20
+    for path, operations in paths.items():
+        for method in operations:
+            shown = f"`{method.upper()} {path.removeprefix(API_PREFIX)}"
+            assert shown in guide, shown
