@@ -16,10 +16,18 @@ from sqlalchemy.exc import ArgumentError
 
 from segs.hub.exceptions import ConfigError
 
-__all__ = ["SQLITE_BUSY_TIMEOUT_S", "is_sqlite", "make_engine", "normalize_url"]
+__all__ = [
+    "POSTGRES_CONNECT_TIMEOUT_S",
+    "SQLITE_BUSY_TIMEOUT_S",
+    "is_sqlite",
+    "make_engine",
+    "normalize_url",
+]
 
 SQLITE_BUSY_TIMEOUT_S: Final = 30.0
 """How long an SQLite writer waits for another one before giving up."""
+POSTGRES_CONNECT_TIMEOUT_S: Final = 10
+"""How long a PostgreSQL connection attempt may take (``connect_timeout`` in the URL overrides)."""
 
 
 def normalize_url(url: str) -> URL:
@@ -49,6 +57,12 @@ def make_engine(url: str | URL, **kwargs: Any) -> Engine:
     """An engine for ``url`` with the hub's connection settings (see the module docstring)."""
     parsed = url if isinstance(url, URL) else normalize_url(url)
     if parsed.get_backend_name() != "sqlite":
+        # A server that accepts the connection and never answers must not hang the
+        # hub (health checks, ingest start) forever; a URL's own value wins.
+        if "connect_timeout" not in parsed.query:
+            kwargs.setdefault("connect_args", {}).setdefault(
+                "connect_timeout", POSTGRES_CONNECT_TIMEOUT_S
+            )
         return create_engine(parsed, pool_pre_ping=True, **kwargs)
     engine = create_engine(
         parsed,

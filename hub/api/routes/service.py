@@ -25,6 +25,7 @@ __all__ = ["router"]
 router = APIRouter(tags=["service"])
 
 _BROKER_TIMEOUT_S: Final = 2.0
+_DATABASE_TIMEOUT_S: Final = 5.0
 
 
 class Check(BaseModel):
@@ -75,6 +76,13 @@ def _database(context: ContextDep) -> tuple[Check, float | None]:
     return Check(ok=True, latency_ms=round(latency, 2)), lag
 
 
+async def _database_within(context: ContextDep) -> tuple[Check, float | None]:
+    try:
+        return await asyncio.wait_for(run_in_threadpool(_database, context), _DATABASE_TIMEOUT_S)
+    except TimeoutError:
+        return Check(ok=False, error=f"no answer within {_DATABASE_TIMEOUT_S:g} s"), None
+
+
 async def _broker(context: ContextDep) -> Check:
     settings = context.settings
     started = time.perf_counter()
@@ -97,9 +105,7 @@ async def _broker(context: ContextDep) -> Check:
 )
 async def health(context: ContextDep, response: Response) -> Health:
     """200 while the database answers (``degraded`` when the broker does not), else 503."""
-    (database, lag), broker = await asyncio.gather(
-        run_in_threadpool(_database, context), _broker(context)
-    )
+    (database, lag), broker = await asyncio.gather(_database_within(context), _broker(context))
     state: Literal["ok", "degraded", "down"] = "ok"
     if not database.ok:
         state = "down"
