@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,6 +49,8 @@ __all__ = [
 ACCESS_TOKEN_TYPE: Final = "access"  # noqa: S105 - a claim value
 """The ``typ`` claim of access tokens; anything else presented as one is refused."""
 OTP_DIGITS: Final = 6
+_VERIFIED_CACHE_SIZE: Final = 4096
+"""Verified access tokens remembered (oldest forgotten first)."""
 
 _hasher = PasswordHasher()
 # Verified against when the account does not exist, so a wrong email costs as
@@ -167,6 +170,8 @@ class TokenService:
         self._algorithm = settings.jwt_algorithm
         self._issuer = settings.jwt_issuer
         self._ttl_s = settings.access_token_ttl_s
+        self._cache: dict[str, AccessClaims] = {}
+        self._cache_lock = threading.Lock()
         self._signing_key: Any
         self._verifying_key: Any
         if self._algorithm == "HS256":
@@ -232,6 +237,26 @@ class TokenService:
 
     def verify(self, token: str) -> AccessClaims:
         """The claims of a valid access token; :class:`InvalidTokenError` otherwise."""
+        claims = self._verified(token)
+        if claims.expires_at <= self._clock().timestamp():
+            raise InvalidTokenError("expired")
+        return claims
+
+    def _verified(self, token: str) -> AccessClaims:
+        # Signature and claim checks of a token are the same every time: a client
+        # sends one token for many requests, so the result is remembered (expiry is
+        # checked on every use, by verify()). Refused tokens are not remembered.
+        cached = self._cache.get(token)
+        if cached is not None:
+            return cached
+        claims = self._decode(token)
+        with self._cache_lock:
+            if len(self._cache) >= _VERIFIED_CACHE_SIZE:
+                self._cache.pop(next(iter(self._cache)), None)
+            self._cache[token] = claims
+        return claims
+
+    def _decode(self, token: str) -> AccessClaims:
         try:
             claims = jwt.decode(
                 token,
@@ -240,7 +265,7 @@ class TokenService:
                 issuer=self._issuer,
                 options={
                     "require": ["exp", "iat", "jti", "iss", "typ", "userId", "role"],
-                    # Expiry is checked below against the hub's clock, not the wall clock.
+                    # Expiry is checked against the hub's clock, not the wall clock.
                     "verify_exp": False,
                     "verify_iat": False,
                 },
@@ -253,8 +278,6 @@ class TokenService:
             expires_at, issued_at = int(claims["exp"]), int(claims["iat"])
         except (TypeError, ValueError) as exc:
             raise InvalidTokenError("exp and iat must be numbers") from exc
-        if expires_at <= self._clock().timestamp():
-            raise InvalidTokenError("expired")
         values = [claims.get(name) for name in ("userId", "username", "email", "role", "jti")]
         if not all(isinstance(value, str) for value in values):
             raise InvalidTokenError("malformed claims")

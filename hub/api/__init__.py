@@ -167,6 +167,10 @@ class ApiServer:
         except OSError as exc:
             self.engine.dispose()
             raise HubError(f"the API cannot listen on {host}:{port}: {exc.strerror}") from exc
+        # socket.create_server leaves the protocol 0, so asyncio does not set
+        # TCP_NODELAY on accepted connections; Linux copies it from the listening
+        # socket. Without it a small answer waits out the client's delayed ACK (40 ms).
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.set_inheritable(True)
         self.port = int(sock.getsockname()[1])
         _log.info("API listening on http://%s:%d (docs at /docs)", host, self.port)

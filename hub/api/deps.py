@@ -20,19 +20,21 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from limits import RateLimitItem, parse, storage, strategies
 from sqlalchemy import Engine
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 
 from segs.hub.accounts import Accounts
 from segs.hub.api.errors import ApiError
-from segs.hub.db import Role, User, UserStatus
-from segs.hub.security import InvalidTokenError, TokenService
+from segs.hub.db import Meter, Region, Role, User, UserStatus
+from segs.hub.security import AccessClaims, InvalidTokenError, TokenService
 from segs.hub.settings import HubSettings
 
 __all__ = [
     "AdminUser",
     "ApiContext",
     "ContextDep",
+    "CurrentCustomer",
     "CurrentUser",
+    "Customer",
     "LoginThrottle",
     "OperatorUser",
     "SessionDep",
@@ -109,15 +111,11 @@ SessionDep = Annotated[Session, Depends(_session)]
 _bearer = HTTPBearer(auto_error=False, description="an access token from /api/v1/auth/login")
 
 
-def _current_user(
-    context: ContextDep,
-    session: SessionDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> User:
+def _claims(context: ApiContext, credentials: HTTPAuthorizationCredentials | None) -> AccessClaims:
     if credentials is None:
         raise ApiError(401, "sign in first: send an access token", headers=_WWW_AUTHENTICATE)
     try:
-        claims = context.tokens.verify(credentials.credentials)
+        return context.tokens.verify(credentials.credentials)
     except InvalidTokenError:
         raise ApiError(
             401,
@@ -125,7 +123,9 @@ def _current_user(
             code="invalid_token",
             headers=_WWW_AUTHENTICATE,
         ) from None
-    user = session.get(User, claims.user_id)
+
+
+def _check(user: User | None, claims: AccessClaims) -> User:
     if (
         user is None
         or user.status != UserStatus.ACTIVE
@@ -140,6 +140,42 @@ def _current_user(
     return user
 
 
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+def _current_user(context: ContextDep, session: SessionDep, credentials: Credentials) -> User:
+    claims = _claims(context, credentials)
+    return _check(session.get(User, claims.user_id), claims)
+
+
+@dataclass(frozen=True, slots=True)
+class Customer:
+    """The signed-in user with their meter (the first by id) and its region's time zone."""
+
+    user: User
+    meter_id: str | None
+    timezone: str
+
+
+def _current_customer(
+    context: ContextDep, session: SessionDep, credentials: Credentials
+) -> Customer:
+    # One round trip for the account, its meter and the meter's time zone: the
+    # customer endpoints are the API's hottest.
+    claims = _claims(context, credentials)
+    row = session.exec(
+        select(User, Meter.meter_id, Region.timezone)
+        .outerjoin(Meter, col(Meter.customer_id) == col(User.user_id))
+        .outerjoin(Region, col(Region.name) == col(Meter.region))
+        .where(User.user_id == claims.user_id)
+        .order_by(col(Meter.meter_id))
+        .limit(1)
+    ).first()
+    user, meter_id, timezone = row if row is not None else (None, None, None)
+    return Customer(user=_check(user, claims), meter_id=meter_id, timezone=timezone or "UTC")
+
+
+CurrentCustomer = Annotated[Customer, Depends(_current_customer)]
 CurrentUser = Annotated[User, Depends(_current_user)]
 
 

@@ -17,8 +17,7 @@ from fastapi import APIRouter, Path, Query
 from sqlalchemy import Connection
 
 from segs.hub import telemetry
-from segs.hub.accounts import Accounts
-from segs.hub.api.deps import ContextDep, CurrentUser, OperatorUser, SessionDep
+from segs.hub.api.deps import ContextDep, CurrentCustomer, Customer, OperatorUser, SessionDep
 from segs.hub.api.errors import ApiError, error_responses
 from segs.hub.db import Role, User
 from segs.hub.telemetry import (
@@ -74,15 +73,11 @@ def _range(
     return (start or end - span), end
 
 
-def _my_meter(session: SessionDep, user: User) -> tuple[Connection, str, str]:
-    """The connection, the user's meter and its region's time zone; 404 without a meter."""
-    meter_id = Accounts.meter_of(session, user.user_id)
-    if meter_id is None:
+def _my_meter(session: SessionDep, customer: Customer) -> tuple[Connection, str, str]:
+    """The connection, the customer's meter and its region's time zone; 404 without a meter."""
+    if customer.meter_id is None:
         raise ApiError(404, "no meter is linked to your account")
-    connection = session.connection()
-    region = telemetry.meter_region(connection, meter_id)
-    zone = (telemetry.region_timezone(connection, region) if region else None) or "UTC"
-    return connection, meter_id, zone
+    return session.connection(), customer.meter_id, customer.timezone
 
 
 # -- the signed-in user's meter --------------------------------------------------------------
@@ -91,9 +86,9 @@ _MY_ERRORS: Final = error_responses(401, 404, 422)
 
 
 @router.get("/my/latest", responses=_MY_ERRORS, summary="My meter's newest window")
-def my_latest(user: CurrentUser, session: SessionDep) -> WindowPoint:
+def my_latest(customer: CurrentCustomer, session: SessionDep) -> WindowPoint:
     """The newest minute window of my meter (404 when it has sent none yet)."""
-    connection, meter_id, _zone = _my_meter(session, user)
+    connection, meter_id, _zone = _my_meter(session, customer)
     window = telemetry.latest_window(connection, meter_id)
     if window is None:
         raise ApiError(404, "your meter has not reported yet")
@@ -103,7 +98,7 @@ def my_latest(user: CurrentUser, session: SessionDep) -> WindowPoint:
 @router.get("/my/history", responses=_MY_ERRORS, summary="My meter's history")
 def my_history(
     *,
-    user: CurrentUser,
+    customer: CurrentCustomer,
     session: SessionDep,
     context: ContextDep,
     start: From = None,
@@ -115,21 +110,21 @@ def my_history(
 ) -> History:
     """Energy and power per minute, quarter hour or day over ``[from, to)``, at most
     1,500 points (a finer resolution than that allows answers 422)."""
-    connection, meter_id, _zone = _my_meter(session, user)
+    connection, meter_id, _zone = _my_meter(session, customer)
     first, last = _range(context, start, end)
     return _query(lambda: telemetry.history(connection, meter_id, first, last, resolution))
 
 
 @router.get("/my/stats", responses=_MY_ERRORS, summary="My meter's statistics")
 def my_stats(
-    user: CurrentUser,
+    customer: CurrentCustomer,
     session: SessionDep,
     context: ContextDep,
     start: From = None,
     end: To = None,
 ) -> Stats:
     """Energy, min/avg/max power and the peak time over ``[from, to)``."""
-    connection, meter_id, _zone = _my_meter(session, user)
+    connection, meter_id, _zone = _my_meter(session, customer)
     first, last = _range(context, start, end)
     return _query(lambda: telemetry.stats(connection, meter_id, first, last))
 
@@ -137,7 +132,7 @@ def my_stats(
 @router.get("/my/breakdown", responses=_MY_ERRORS, summary="My consumption broken down")
 def my_breakdown(
     *,
-    user: CurrentUser,
+    customer: CurrentCustomer,
     session: SessionDep,
     context: ContextDep,
     start: From = None,
@@ -146,20 +141,20 @@ def my_breakdown(
 ) -> Breakdown:
     """Energy and average power by local hour of day, weekday or date (the region's
     time zone) over ``[from, to)`` (default: the last 7 days)."""
-    connection, meter_id, zone = _my_meter(session, user)
+    connection, meter_id, zone = _my_meter(session, customer)
     first, last = _range(context, start, end, _WEEK)
     return _query(lambda: telemetry.breakdown(connection, meter_id, first, last, by=by, tz=zone))
 
 
 @router.get("/my/compare", responses=_MY_ERRORS, summary="This period against the previous one")
 def my_compare(
-    user: CurrentUser,
+    customer: CurrentCustomer,
     session: SessionDep,
     context: ContextDep,
     period: Annotated[Period, Query(description="local calendar day, week or month")] = "day",
 ) -> Comparison:
     """This local day, week or month so far against the same stretch of the previous one."""
-    connection, meter_id, zone = _my_meter(session, user)
+    connection, meter_id, zone = _my_meter(session, customer)
     now = context.clock()
     return _query(lambda: telemetry.compare(connection, meter_id, period, now, zone))
 
