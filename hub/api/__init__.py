@@ -36,6 +36,8 @@ from segs.hub.settings import HubSettings
 __all__ = ["API_PREFIX", "ApiServer", "create_app"]
 
 API_PREFIX: Final = "/api/v1"
+API_POOL_SIZE: Final = 24
+"""Database connections an API process keeps open."""
 
 _log = logging.getLogger(__name__)
 
@@ -112,6 +114,12 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     for path in schema.get("paths", {}).values():
         for operation in path.values():
             responses = operation.get("responses", {})
+            if "requestBody" in operation and "400" not in responses:
+                # A body that is not even text (invalid UTF-8) fails before validation.
+                responses["400"] = {
+                    "description": "the body cannot be parsed",
+                    "content": {"application/json": {"schema": error_ref}},
+                }
             if "422" in responses:
                 responses["422"] = {
                     "description": "the request is not valid",
@@ -141,7 +149,9 @@ class ApiServer:
         ingest_stats: Callable[[], dict[str, float]] | None = None,
     ) -> None:
         self.settings = settings
-        self.engine = make_engine(settings.database_url)
+        # Sync routes run in a thread pool; a connection pool smaller than the requests
+        # in flight would open and close a PostgreSQL session per request beyond it.
+        self.engine = make_engine(settings.database_url, pool_size=API_POOL_SIZE, max_overflow=8)
         self.app = create_app(settings, engine=self.engine, clock=clock, ingest_stats=ingest_stats)
         config = uvicorn.Config(
             self.app,

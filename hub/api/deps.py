@@ -14,13 +14,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, TypeVar
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from limits import RateLimitItem, parse, storage, strategies
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlmodel import Session, col, select
+from starlette.concurrency import run_in_threadpool
 
 from segs.hub.accounts import Accounts
 from segs.hub.api.errors import ApiError
@@ -32,16 +33,18 @@ __all__ = [
     "AdminUser",
     "ApiContext",
     "ContextDep",
-    "CurrentCustomer",
+    "Credentials",
     "CurrentUser",
     "Customer",
     "LoginThrottle",
     "OperatorUser",
     "SessionDep",
+    "for_customer",
     "require_roles",
 ]
 
 _WWW_AUTHENTICATE: Final = {"WWW-Authenticate": "Bearer"}
+_T = TypeVar("_T")
 
 
 class LoginThrottle:
@@ -91,7 +94,7 @@ class ApiContext:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
-def _context(request: Request) -> ApiContext:
+async def _context(request: Request) -> ApiContext:
     context = request.app.state.context
     if not isinstance(context, ApiContext):
         raise TypeError("the app has no ApiContext; build it with create_app()")
@@ -157,12 +160,9 @@ class Customer:
     timezone: str
 
 
-def _current_customer(
-    context: ContextDep, session: SessionDep, credentials: Credentials
-) -> Customer:
+def _customer(session: Session, claims: AccessClaims) -> Customer:
     # One round trip for the account, its meter and the meter's time zone: the
     # customer endpoints are the API's hottest.
-    claims = _claims(context, credentials)
     row = session.exec(
         select(User, Meter.meter_id, Region.timezone)
         .outerjoin(Meter, col(Meter.customer_id) == col(User.user_id))
@@ -175,7 +175,30 @@ def _current_customer(
     return Customer(user=_check(user, claims), meter_id=meter_id, timezone=timezone or "UTC")
 
 
-CurrentCustomer = Annotated[Customer, Depends(_current_customer)]
+async def for_customer(
+    context: ApiContext,
+    credentials: HTTPAuthorizationCredentials | None,
+    work: Callable[[Connection, str, str], _T],
+) -> _T:
+    """Run ``work(connection, meter_id, timezone)`` for the signed-in customer's meter.
+
+    The whole request's database work (the account check, then ``work``) runs in
+    one worker thread and one transaction: the customer endpoints are the API's
+    hottest, and every hop between the event loop and the thread pool costs.
+    401 for a bad token, 404 when no meter is linked to the account.
+    """
+    claims = _claims(context, credentials)
+
+    def in_thread() -> _T:
+        with Session(context.engine) as session:
+            customer = _customer(session, claims)
+            if customer.meter_id is None:
+                raise ApiError(404, "no meter is linked to your account")
+            return work(session.connection(), customer.meter_id, customer.timezone)
+
+    return await run_in_threadpool(in_thread)
+
+
 CurrentUser = Annotated[User, Depends(_current_user)]
 
 

@@ -34,6 +34,8 @@ NewPassword = Annotated[
 ]
 Username = Annotated[str, StringConstraints(pattern=USERNAME_PATTERN)]
 Phone = Annotated[str, StringConstraints(strip_whitespace=True, pattern=r"^\+?[0-9 ()-]{4,31}$")]
+FullName = Annotated[str, StringConstraints(max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$")]
+"""Free text without control characters (PostgreSQL text cannot hold NUL)."""
 RefreshTokenValue = Annotated[str, StringConstraints(min_length=1, max_length=512)]
 
 
@@ -43,7 +45,7 @@ class RegisterRequest(BaseModel):
     email: EmailStr
     username: Username
     password: NewPassword
-    full_name: Annotated[str, StringConstraints(max_length=200)] | None = None
+    full_name: FullName | None = None
     phone: Phone | None = None
 
 

@@ -10,14 +10,13 @@ outside it 403. Query times are ISO 8601 with an offset (``2026-03-02T10:00:00Z`
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Final, TypeVar
 
 from fastapi import APIRouter, Path, Query
-from sqlalchemy import Connection
 
 from segs.hub import telemetry
-from segs.hub.api.deps import ContextDep, CurrentCustomer, Customer, OperatorUser, SessionDep
+from segs.hub.api.deps import ContextDep, Credentials, OperatorUser, SessionDep, for_customer
 from segs.hub.api.errors import ApiError, error_responses
 from segs.hub.db import Role, User
 from segs.hub.telemetry import (
@@ -34,6 +33,7 @@ from segs.hub.telemetry import (
     Stats,
     WindowPoint,
 )
+from segs.protocol.ids import ID_PATTERN
 
 __all__ = ["router"]
 
@@ -50,12 +50,20 @@ From = Annotated[
 To = Annotated[
     datetime | None, Query(alias="to", description="range end, exclusive (default: now)")
 ]
-MeterIdPath = Annotated[str, Path(min_length=1, max_length=64)]
-RegionPath = Annotated[str, Path(min_length=1, max_length=64)]
+_ID: Final = f"^{ID_PATTERN.pattern}$"
+MeterIdPath = Annotated[str, Path(min_length=1, max_length=64, pattern=_ID)]
+RegionPath = Annotated[str, Path(min_length=1, max_length=64, pattern=_ID)]
 RegionQuery = Annotated[
     str | None,
-    Query(min_length=1, max_length=64, description="default: the operator's region; admins: all"),
+    Query(
+        min_length=1,
+        max_length=64,
+        pattern=_ID,
+        description="default: the operator's region; admins: all",
+    ),
 ]
+_EARLIEST: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_LATEST: Final = datetime(2200, 1, 1, tzinfo=UTC)
 
 
 def _query(call: Callable[[], _T]) -> _T:
@@ -69,15 +77,16 @@ def _query(call: Callable[[], _T]) -> _T:
 def _range(
     context: ContextDep, start: datetime | None, end: datetime | None, span: timedelta = _DAY
 ) -> tuple[datetime, datetime]:
+    """``[from, to)`` with the defaults; 422 for naive times or times outside 1970 to 2200."""
+    for name, value in (("from", start), ("to", end)):
+        if value is None:
+            continue
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ApiError(422, f"{name}: give a time zone offset, e.g. ...Z", code="invalid_query")
+        if not _EARLIEST <= value <= _LATEST:
+            raise ApiError(422, f"{name}: must lie between 1970 and 2200", code="invalid_query")
     end = end or context.clock()
     return (start or end - span), end
-
-
-def _my_meter(session: SessionDep, customer: Customer) -> tuple[Connection, str, str]:
-    """The connection, the customer's meter and its region's time zone; 404 without a meter."""
-    if customer.meter_id is None:
-        raise ApiError(404, "no meter is linked to your account")
-    return session.connection(), customer.meter_id, customer.timezone
 
 
 # -- the signed-in user's meter --------------------------------------------------------------
@@ -86,21 +95,23 @@ _MY_ERRORS: Final = error_responses(401, 404, 422)
 
 
 @router.get("/my/latest", responses=_MY_ERRORS, summary="My meter's newest window")
-def my_latest(customer: CurrentCustomer, session: SessionDep) -> WindowPoint:
+async def my_latest(context: ContextDep, credentials: Credentials) -> WindowPoint:
     """The newest minute window of my meter (404 when it has sent none yet)."""
-    connection, meter_id, _zone = _my_meter(session, customer)
-    window = telemetry.latest_window(connection, meter_id)
+    window = await for_customer(
+        context,
+        credentials,
+        lambda connection, meter_id, _zone: telemetry.latest_window(connection, meter_id),
+    )
     if window is None:
         raise ApiError(404, "your meter has not reported yet")
     return window
 
 
 @router.get("/my/history", responses=_MY_ERRORS, summary="My meter's history")
-def my_history(
+async def my_history(
     *,
-    customer: CurrentCustomer,
-    session: SessionDep,
     context: ContextDep,
+    credentials: Credentials,
     start: From = None,
     end: To = None,
     resolution: Annotated[
@@ -110,53 +121,67 @@ def my_history(
 ) -> History:
     """Energy and power per minute, quarter hour or day over ``[from, to)``, at most
     1,500 points (a finer resolution than that allows answers 422)."""
-    connection, meter_id, _zone = _my_meter(session, customer)
     first, last = _range(context, start, end)
-    return _query(lambda: telemetry.history(connection, meter_id, first, last, resolution))
+    return await for_customer(
+        context,
+        credentials,
+        lambda connection, meter_id, _zone: _query(
+            lambda: telemetry.history(connection, meter_id, first, last, resolution)
+        ),
+    )
 
 
 @router.get("/my/stats", responses=_MY_ERRORS, summary="My meter's statistics")
-def my_stats(
-    customer: CurrentCustomer,
-    session: SessionDep,
-    context: ContextDep,
-    start: From = None,
-    end: To = None,
+async def my_stats(
+    context: ContextDep, credentials: Credentials, start: From = None, end: To = None
 ) -> Stats:
     """Energy, min/avg/max power and the peak time over ``[from, to)``."""
-    connection, meter_id, _zone = _my_meter(session, customer)
     first, last = _range(context, start, end)
-    return _query(lambda: telemetry.stats(connection, meter_id, first, last))
+    return await for_customer(
+        context,
+        credentials,
+        lambda connection, meter_id, _zone: _query(
+            lambda: telemetry.stats(connection, meter_id, first, last)
+        ),
+    )
 
 
 @router.get("/my/breakdown", responses=_MY_ERRORS, summary="My consumption broken down")
-def my_breakdown(
+async def my_breakdown(
     *,
-    customer: CurrentCustomer,
-    session: SessionDep,
     context: ContextDep,
+    credentials: Credentials,
     start: From = None,
     end: To = None,
     by: Annotated[BreakdownBy, Query(description="hour of day, weekday or day")] = "hour",
 ) -> Breakdown:
     """Energy and average power by local hour of day, weekday or date (the region's
     time zone) over ``[from, to)`` (default: the last 7 days)."""
-    connection, meter_id, zone = _my_meter(session, customer)
     first, last = _range(context, start, end, _WEEK)
-    return _query(lambda: telemetry.breakdown(connection, meter_id, first, last, by=by, tz=zone))
+    return await for_customer(
+        context,
+        credentials,
+        lambda connection, meter_id, zone: _query(
+            lambda: telemetry.breakdown(connection, meter_id, first, last, by=by, tz=zone)
+        ),
+    )
 
 
 @router.get("/my/compare", responses=_MY_ERRORS, summary="This period against the previous one")
-def my_compare(
-    customer: CurrentCustomer,
-    session: SessionDep,
+async def my_compare(
     context: ContextDep,
+    credentials: Credentials,
     period: Annotated[Period, Query(description="local calendar day, week or month")] = "day",
 ) -> Comparison:
     """This local day, week or month so far against the same stretch of the previous one."""
-    connection, meter_id, zone = _my_meter(session, customer)
     now = context.clock()
-    return _query(lambda: telemetry.compare(connection, meter_id, period, now, zone))
+    return await for_customer(
+        context,
+        credentials,
+        lambda connection, meter_id, zone: _query(
+            lambda: telemetry.compare(connection, meter_id, period, now, zone)
+        ),
+    )
 
 
 # -- operators and admins --------------------------------------------------------------------

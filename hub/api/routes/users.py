@@ -12,7 +12,7 @@ from sqlmodel import select
 from segs.hub.accounts import USERNAME_PATTERN
 from segs.hub.api.deps import ContextDep, CurrentUser, SessionDep
 from segs.hub.api.errors import ApiError, error_responses
-from segs.hub.api.routes.auth import Phone, UserPublic, user_public
+from segs.hub.api.routes.auth import FullName, Phone, UserPublic, user_public
 from segs.hub.db import Severity, User, UserPreferences
 
 __all__ = ["router"]
@@ -24,7 +24,7 @@ class UserUpdate(BaseModel):
     """Profile fields to change; those left out stay as they are."""
 
     username: Annotated[str, StringConstraints(pattern=USERNAME_PATTERN)] | None = None
-    full_name: Annotated[str, StringConstraints(max_length=200)] | None = None
+    full_name: FullName | None = None
     phone: Phone | None = None
     otp_login: bool | None = Field(default=None, description="ask a mailed code at sign-in")
 
