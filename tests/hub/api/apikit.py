@@ -34,6 +34,9 @@ from segs.protocol import Window, limits
 PASSWORD: Final = "long-enough-pass-phrase"
 """The password of every account the tests create."""
 
+MakeApi = Callable[..., "Api"]
+"""The ``make_api`` fixture: ``make_api(**settings) -> Api``."""
+
 _CODE = re.compile(r"\b(\d{6})\b")
 
 

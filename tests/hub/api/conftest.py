@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +18,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from apikit import Api, open_api
-
-MakeApi = Callable[..., Api]
+from apikit import Api, MakeApi, open_api
 
 
 @pytest.fixture

@@ -16,8 +16,7 @@ from sqlmodel import Session, select
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from apikit import PASSWORD, Api
-from conftest import MakeApi
+from apikit import PASSWORD, Api, MakeApi
 
 from segs.cli import main
 from segs.hub.api import create_app

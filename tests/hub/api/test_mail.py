@@ -14,8 +14,7 @@ from sqlmodel import Session, select
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from apikit import PASSWORD
-from conftest import MakeApi
+from apikit import PASSWORD, MakeApi
 from services import free_port
 
 from segs.hub.db import MailMessage
