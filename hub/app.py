@@ -19,12 +19,10 @@ import threading
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Final, Protocol
 
-from segs.hub.api import ApiServer
 from segs.hub.db.engine import make_engine
 from segs.hub.db.migrate import check_current
 from segs.hub.db.types import utc_now
 from segs.hub.ingest import Ingest
-from segs.hub.mail import MailDelivery
 from segs.hub.retention import Retention
 from segs.hub.settings import HubSettings
 from segs.hub.store import Clock, Store, StoreOptions, open_store
@@ -62,10 +60,16 @@ def _build(
     built: dict[str, _Component],
 ) -> _Component:
     if name == "api":
+        # Imported here: an ingest-only worker starts faster and smaller without
+        # FastAPI, uvicorn and the account code.
+        from segs.hub.api import ApiServer  # noqa: PLC0415
+
         ingest = built.get("ingest")
         stats = (lambda: ingest_counters(ingest)) if isinstance(ingest, Ingest) else None
         return ApiServer(settings, clock=clock, ingest_stats=stats)
     if name == "mail":
+        from segs.hub.mail import MailDelivery  # noqa: PLC0415
+
         return MailDelivery(settings, clock=clock)
     if store is None:
         raise ValueError(f"component {name} needs a store")

@@ -32,7 +32,6 @@ from pathlib import Path
 
 from sqlmodel import Session, col, select
 
-from segs.hub.accounts import AccountError, Accounts, normalize_email
 from segs.hub.app import COMPONENTS
 from segs.hub.app import run as run_hub
 from segs.hub.db import MailMessage, Role
@@ -40,7 +39,6 @@ from segs.hub.db.engine import make_engine
 from segs.hub.db.migrate import check_current, migrate
 from segs.hub.db.types import utc_now
 from segs.hub.exceptions import ConfigError, HubError, MigrationError, SchemaNotCurrentError
-from segs.hub.security import TokenService
 from segs.hub.settings import HubSettings, load_settings
 from segs.hub.store import StoreOptions, open_store
 
@@ -168,6 +166,9 @@ def _retention(settings: HubSettings, days: float | None) -> int:
 
 
 def _create_user(settings: HubSettings, args: argparse.Namespace) -> int:
+    from segs.hub.accounts import AccountError, Accounts  # noqa: PLC0415 - not for ingest
+    from segs.hub.security import TokenService  # noqa: PLC0415
+
     engine = make_engine(settings.database_url)
     try:
         check_current(engine)
@@ -213,7 +214,7 @@ def _outbox(settings: HubSettings, args: argparse.Namespace) -> int:
         with Session(engine) as session:
             query = select(MailMessage).order_by(col(MailMessage.id).desc()).limit(args.limit)
             if args.to:
-                query = query.where(MailMessage.to_address == normalize_email(args.to))
+                query = query.where(MailMessage.to_address == args.to.strip().lower())
             rows = list(reversed(session.exec(query).all()))
         for row in rows:
             if args.json:

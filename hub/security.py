@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import secrets
@@ -53,9 +54,14 @@ _VERIFIED_CACHE_SIZE: Final = 4096
 """Verified access tokens remembered (oldest forgotten first)."""
 
 _hasher = PasswordHasher()
-# Verified against when the account does not exist, so a wrong email costs as
-# long as a wrong password and timing does not tell which one it was.
-_DUMMY_HASH: Final = _hasher.hash(secrets.token_urlsafe(16))
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    # Verified against when the account does not exist, so a wrong email costs as
+    # long as a wrong password and timing does not tell which one it was.
+    return _hasher.hash(secrets.token_urlsafe(16))
+
 
 _COMMON_PASSWORDS: Final = frozenset(
     {
@@ -95,7 +101,9 @@ def hash_password(password: str) -> str:
 def verify_password(password_hash: str | None, password: str) -> bool:
     """Whether ``password`` matches ``password_hash``; ``None`` (no account) costs the same."""
     try:
-        return _hasher.verify(password_hash or _DUMMY_HASH, password) and password_hash is not None
+        return (
+            _hasher.verify(password_hash or _dummy_hash(), password) and password_hash is not None
+        )
     except (VerifyMismatchError, VerificationError, InvalidHashError):
         return False
 
