@@ -22,9 +22,8 @@ What runs (all on this machine):
 - the app as ``python -m segs hub run --only api`` (production mode, one process,
   uvicorn as :class:`segs.hub.api.ApiServer` configures it);
 - a bare FastAPI app with one ``async`` endpoint returning a small dict, in a
-  process of its own, served by uvicorn with the same settings in the same way
-  (``Server.serve`` on a bound socket, the hub's GIL switch interval and
-  ``gc.freeze()``).
+  process of its own, served by uvicorn with the same ``Config`` (one process,
+  the hub's GIL switch interval and ``gc.freeze()``; uvicorn binds the socket).
 
 The client signs in over HTTP, checks the history (``--days`` daily points, each
 with energy), then drives both servers from this process: ``--concurrency``
@@ -36,6 +35,10 @@ Reported per target: requests/s, latency p50/p95/p99, errors (status or body
 length unlike the first answer), and the server's CPU (the app's PostgreSQL
 backends counted apart). The figure of merit is the app's requests/s over the
 bare endpoint's. Targets: p99 ≤ 50 ms, ratio ≥ 0.3.
+
+``--profile`` then serves the app once more under a cProfile of every thread
+(CPU time), drives it, and prints the top functions and the SQL statements a
+request runs.
 """
 
 from __future__ import annotations
@@ -309,8 +312,7 @@ def _hub_process_settings() -> None:
 
 
 def serve_bare(port: int) -> None:
-    """The bare app: uvicorn with :class:`segs.hub.api.ApiServer`'s settings, binding its own
-    socket (asyncio then sets ``TCP_NODELAY`` on every connection)."""
+    """The bare app, served by uvicorn with :class:`segs.hub.api.ApiServer`'s ``Config``."""
     import uvicorn  # noqa: PLC0415 - only the server process needs it
     from fastapi import FastAPI  # noqa: PLC0415
 
@@ -646,15 +648,19 @@ def section(run: Run) -> str:
             for concurrency, tallies in run.results.items()
         ]
         met = {True: "met", False: "**missed**"}
+
+        def at(c: int) -> str:
+            return f"at {c} connection{'' if c == 1 else 's'}"
+
         lines += [
             "- The app's requests/s over the bare endpoint's: "
-            + ", ".join(f"**{ratio:.3f}** at {c} connections" for c, ratio in ratios)
+            + ", ".join(f"**{ratio:.3f}** {at(c)}" for c, ratio in ratios)
             + ".",
             "- p99 ≤ 50 ms: "
-            + ", ".join(f"{met[p99 <= 50]} at {c} connections ({p99:.1f} ms)" for c, p99 in p99s)
+            + ", ".join(f"{met[p99 <= 50]} {at(c)} ({p99:.1f} ms)" for c, p99 in p99s)
             + ".",
             "- Ratio ≥ 0.3: "
-            + ", ".join(f"{met[ratio >= 0.3]} at {c} connections" for c, ratio in ratios)
+            + ", ".join(f"{met[ratio >= 0.3]} {at(c)}" for c, ratio in ratios)
             + ".",
         ]
     lines.append(END)
