@@ -92,9 +92,13 @@ async def test_the_app_runs_its_components_and_stops_cleanly(
                 await asyncio.sleep(0.1)
         else:
             pytest.fail("the API never answered")
+        metrics = await client.get("/metrics")
     assert response.status_code == 200
     assert response.json()["database"]["ok"] is True
     assert response.json()["broker"]["ok"] is True
+    # The API exports the counters of the ingest component it runs beside.
+    assert "segs_ingest_connects_total" in metrics.text
+    assert "segs_ingest_windows_stored_total" in metrics.text
     assert not task.done()
     stop.set()
     async with asyncio.timeout(10):
