@@ -12,9 +12,9 @@ password change takes effect on the next request, not when the token expires.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any, Final, TypeVar
+from typing import Annotated, Final, TypeVar
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -91,7 +91,6 @@ class ApiContext:
     throttle: LoginThrottle
     ingest_stats: Callable[[], dict[str, float]] | None = None
     """Counters of the ingest component running in the same process, if any."""
-    extras: dict[str, Any] = field(default_factory=dict)
 
 
 async def _context(request: Request) -> ApiContext:

@@ -42,11 +42,9 @@ class _HubCollector(Collector):
         self,
         engine: Engine,
         ingest_stats: Callable[[], dict[str, float]] | None,
-        extra: Callable[[], dict[str, float]] | None,
     ) -> None:
         self._engine = engine
         self._ingest_stats = ingest_stats
-        self._extra = extra
 
     def collect(self) -> Iterator[Metric]:
         if self._ingest_stats is not None:
@@ -68,9 +66,6 @@ class _HubCollector(Collector):
         for reason, count in rows:
             letters.add_metric([str(reason)], float(count))
         yield letters
-        if self._extra is not None:
-            for name, value in sorted(self._extra().items()):
-                yield GaugeMetricFamily(f"segs_{name}", name.replace("_", " "), value)
 
 
 class ApiMetrics:
@@ -81,7 +76,6 @@ class ApiMetrics:
         engine: Engine,
         *,
         ingest_stats: Callable[[], dict[str, float]] | None = None,
-        extra: Callable[[], dict[str, float]] | None = None,
     ) -> None:
         self.registry = CollectorRegistry()
         self.latency = Histogram(
@@ -91,7 +85,7 @@ class ApiMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
-        self.registry.register(_HubCollector(engine, ingest_stats, extra))
+        self.registry.register(_HubCollector(engine, ingest_stats))
 
 
 class _Templates:

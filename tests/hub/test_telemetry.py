@@ -7,8 +7,6 @@ computed here from the generated windows alone.
 
 from __future__ import annotations
 
-import itertools
-import math
 import sys
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
@@ -23,76 +21,20 @@ from sqlalchemy import Engine
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from hubkit import T0, Clock, birth, incoming, make_window, register, window_batch
+from hubkit import T0, Clock, birth, register, series, store_windows, wavy
 
 from segs.hub import telemetry
 from segs.hub.db.engine import make_engine
 from segs.hub.store import Store
-from segs.protocol import ConnectionState, GatewayState, QualityFlag, Window, limits
+from segs.protocol import ConnectionState, GatewayState, Window
 
 MINUTE = timedelta(minutes=1)
 QUARTER = timedelta(minutes=15)
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
-_SEQS = itertools.count(1)
 
 
 # -- generating and storing windows --------------------------------------------------------------
-
-
-def wavy(i: int) -> float:
-    """A power profile in kW that imports most of the time and exports now and then."""
-    return round(1.5 + 2.5 * math.sin(i / 37.0) + (i * 7919 % 100) / 100.0 - 0.3, 3)
-
-
-def series(
-    meter_id: str,
-    start: datetime,
-    count: int,
-    power: Callable[[int], float] | float = wavy,
-    *,
-    seconds: int = 60,
-    partial_every: int = 0,
-) -> list[Window]:
-    """``count`` consecutive windows with continuous counters (every ``partial_every``-th partial).
-
-    ``power`` is a constant or the power of the ``i``-th window, kW.
-    """
-    imported, exported = 1000.0, 100.0
-    windows = []
-    for i in range(count):
-        kw = power(i) if callable(power) else power
-        delta_in, delta_out = max(kw, 0.0) * seconds / 3600, max(-kw, 0.0) * seconds / 3600
-        imported += delta_in
-        exported += delta_out
-        window = make_window(
-            meter_id,
-            start + i * timedelta(seconds=seconds),
-            import_kwh=imported,
-            import_delta_kwh=delta_in,
-            export_kwh=exported,
-            export_delta_kwh=delta_out,
-            power_kw=kw,
-            window_seconds=seconds,
-        )
-        if partial_every and i % partial_every == partial_every - 1:
-            window = Window.model_validate(
-                window.model_dump()
-                | {"samples_got": seconds // 3, "quality": (QualityFlag.PARTIAL,)}
-            )
-        windows.append(window)
-    return windows
-
-
-def feed(store: Store, clock: Clock, gateway_id: str, windows: Sequence[Window]) -> None:
-    """Commit ``windows`` through the store, with the clock past their end."""
-    latest = max(w.window_start + timedelta(seconds=w.window_seconds) for w in windows)
-    clock.now = max(clock.now, latest)
-    size = limits.MAX_WINDOWS_PER_BATCH
-    for i in range(0, len(windows), size):
-        chunk = windows[i : i + size]
-        result = store.commit([incoming(window_batch(gateway_id, next(_SEQS), chunk))])
-        assert result.windows_stored == len(chunk)
 
 
 def end_of(window: Window) -> datetime:
@@ -148,8 +90,8 @@ def test_latest_window_is_the_newest_with_its_quality_flags(
     store: Store, clock: Clock, engine: Engine
 ) -> None:
     windows = series("MTR-1", T0, 5, partial_every=5)
-    feed(store, clock, "gw-1", windows[2:])
-    feed(store, clock, "gw-1", windows[:2])  # late: the newest is still the last one
+    store_windows(store, clock, "gw-1", windows[2:])
+    store_windows(store, clock, "gw-1", windows[:2])  # late: the newest is still the last one
     with engine.connect() as conn:
         latest = telemetry.latest_window(conn, "MTR-1")
         assert telemetry.latest_window(conn, "MTR-9") is None
@@ -169,8 +111,8 @@ def test_history_points_are_the_windows_and_their_rollups(
     store: Store, clock: Clock, engine: Engine
 ) -> None:
     windows = series("MTR-1", T0, 3 * 1440, partial_every=7)
-    feed(store, clock, "gw-1", windows)
-    feed(store, clock, "gw-1", series("MTR-2", T0, 100, 9.0))
+    store_windows(store, clock, "gw-1", windows)
+    store_windows(store, clock, "gw-1", series("MTR-2", T0, 100, 9.0))
     with engine.connect() as conn:
         minutes = telemetry.history(
             conn, "MTR-1", T0 + 7 * MINUTE + 30 * timedelta(seconds=1), T0 + 3 * HOUR, "1m"
@@ -220,7 +162,7 @@ def test_history_points_are_the_windows_and_their_rollups(
 def test_history_picks_the_finest_resolution_within_max_points(
     store: Store, clock: Clock, engine: Engine
 ) -> None:
-    feed(store, clock, "gw-1", series("MTR-1", T0, 1500))
+    store_windows(store, clock, "gw-1", series("MTR-1", T0, 1500))
     with engine.connect() as conn:
         day = telemetry.history(conn, "MTR-1", T0, T0 + DAY)
         week = telemetry.history(conn, "MTR-1", T0, T0 + 7 * DAY)
@@ -276,7 +218,7 @@ def test_stats_are_exact_over_short_ragged_and_long_ranges(
 ) -> None:
     spikes = {2040: 40.0, 2500: 40.0, 200: 20.0}  # a tie on day two: the earlier one is the peak
     windows = series("MTR-1", T0, 3 * 1440, lambda i: spikes.get(i, wavy(i)), partial_every=11)
-    feed(store, clock, "gw-1", windows)
+    store_windows(store, clock, "gw-1", windows)
     ranges = {
         "short": (T0 + 7 * MINUTE, T0 + 5 * HOUR + 3 * MINUTE),
         "long ragged": (T0 + 37 * MINUTE, T0 + 2 * DAY + 13 * HOUR + 52 * MINUTE),
@@ -314,7 +256,7 @@ def test_breakdown_groups_quarter_hours_in_local_time(
     windows = series(
         "MTR-1", first, 10 * 96, lambda i: 1.0 + (i % 96) / 10 + (i // 96) % 3, seconds=900
     )
-    feed(store, clock, "gw-1", windows)
+    store_windows(store, clock, "gw-1", windows)
     zone = ZoneInfo(tz)
     start = datetime(2026, 3, 2, tzinfo=zone)
     end = datetime(2026, 3, 10, tzinfo=zone)
@@ -375,7 +317,7 @@ def test_compare_sets_the_period_so_far_against_the_previous_one(
     windows = series(
         "MTR-1", first, count, lambda i: 1.0 + (i // 96) % 4 + (i % 96) / 48, seconds=900
     )
-    feed(store, clock, "gw-1", windows)
+    store_windows(store, clock, "gw-1", windows)
     expected = {  # (current start, previous start, previous same-elapsed end), UTC
         "day": (
             datetime(2026, 3, 3, 18, 30, tzinfo=UTC),
@@ -430,7 +372,7 @@ def test_compare_without_a_previous_period_has_no_change_percent(
     store: Store, clock: Clock, engine: Engine
 ) -> None:
     windows = series("MTR-1", T0, 30)
-    feed(store, clock, "gw-1", windows)
+    store_windows(store, clock, "gw-1", windows)
     with engine.connect() as conn:
         result = telemetry.compare(conn, "MTR-1", "day", T0 + HOUR, "UTC")
         at_midnight = telemetry.compare(conn, "MTR-1", "day", T0.replace(hour=0), "UTC")
@@ -462,8 +404,8 @@ def test_region_stats_average_the_regional_load_into_buckets(
     two = skip(
         series("MTR-2", T0, 360, lambda i: 4.0 + (i % 17) / 4), range(100, 130), range(195, 215)
     )
-    feed(store, clock, "gw-1", one + two)
-    feed(store, clock, "gw-2", series("MTR-3", T0, 360, 50.0))
+    store_windows(store, clock, "gw-1", one + two)
+    store_windows(store, clock, "gw-2", series("MTR-3", T0, 360, 50.0))
     load: dict[datetime, float] = defaultdict(float)
     meters: dict[datetime, int] = defaultdict(int)
     for w in one + two:
@@ -515,8 +457,8 @@ def test_top_consumers_rank_meters_by_import_energy(
     powers = {"MTR-1": 2.0, "MTR-2": 5.0, "MTR-3": -3.0}
     windows = {m: series(m, T0, 3 * 96, ripple(kw), seconds=900) for m, kw in powers.items()}
     windows["MTR-4"] = series("MTR-4", T0, 3 * 96, 9.0, seconds=900)
-    feed(store, clock, "gw-1", windows["MTR-1"] + windows["MTR-2"] + windows["MTR-3"])
-    feed(store, clock, "gw-2", windows["MTR-4"])
+    store_windows(store, clock, "gw-1", windows["MTR-1"] + windows["MTR-2"] + windows["MTR-3"])
+    store_windows(store, clock, "gw-2", windows["MTR-4"])
     start, end = T0 + 20 * MINUTE, T0 + 2 * DAY + 5 * HOUR + 10 * MINUTE
     # The range is rounded out to quarter hours.
     quarters = (T0 + 15 * MINUTE, T0 + 2 * DAY + 5 * HOUR + 15 * MINUTE)
@@ -553,9 +495,9 @@ def test_meter_status_follows_the_gateway_and_the_latest_window(
     register(store.engine, region="Delhi-North", gateways={"gw-3": ["MTR-5"]})
     store.apply_birth(birth("gw-1", "Pune-West", ["MTR-1", "MTR-2", "MTR-4"]))
     store.apply_birth(birth("gw-3", "Delhi-North", ["MTR-5"]))
-    feed(store, clock, "gw-1", series("MTR-1", T0, 60) + series("MTR-2", T0, 50))
-    feed(store, clock, "gw-2", series("MTR-3", T0, 60))  # its gateway never came online
-    feed(store, clock, "gw-3", series("MTR-5", T0, 60))
+    store_windows(store, clock, "gw-1", series("MTR-1", T0, 60) + series("MTR-2", T0, 50))
+    store_windows(store, clock, "gw-2", series("MTR-3", T0, 60))  # its gateway never came online
+    store_windows(store, clock, "gw-3", series("MTR-5", T0, 60))
 
     def status(now: datetime, **scope: Any) -> dict[str, telemetry.MeterStatusRow]:
         with engine.connect() as conn:
@@ -603,9 +545,9 @@ def test_regions_summary_puts_regions_side_by_side(
     yesterday = series("MTR-1", midnight - 10 * MINUTE, 10, 7.0)
     one, two = series("MTR-1", T0, 60), series("MTR-2", T0, 50, 2.0)
     three = series("MTR-3", T0, 58, 10.0)
-    feed(store, clock, "gw-1", yesterday)
-    feed(store, clock, "gw-1", one + two)
-    feed(store, clock, "gw-2", three)
+    store_windows(store, clock, "gw-1", yesterday)
+    store_windows(store, clock, "gw-1", one + two)
+    store_windows(store, clock, "gw-2", three)
     now = T0 + HOUR + 20 * timedelta(seconds=1)
     with engine.connect() as conn:
         summary = {r.region: r for r in telemetry.regions_summary(conn, now)}

@@ -5,12 +5,11 @@ Import it from a test module of this folder after putting the folder on ``sys.pa
 
 from __future__ import annotations
 
-import itertools
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
@@ -20,7 +19,7 @@ from sqlmodel import Session, col, select
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from hubkit import Clock, incoming, make_window, window_batch
+from hubkit import Clock
 
 from segs.hub.accounts import Accounts
 from segs.hub.api import create_app
@@ -28,8 +27,6 @@ from segs.hub.db import MailMessage, Role, User
 from segs.hub.db.engine import make_engine
 from segs.hub.security import TokenService
 from segs.hub.settings import HubSettings
-from segs.hub.store import Store
-from segs.protocol import Window, limits
 
 PASSWORD: Final = "long-enough-pass-phrase"
 """The password of every account the tests create."""
@@ -127,53 +124,7 @@ def open_api(database_url: str, **settings: Any) -> Api:
     return Api(client=client, engine=engine, clock=clock, settings=hub_settings)
 
 
-# -- windows through the ingest store, and the error shape -----------------------------------
-
-_SEQS = itertools.count(1)
-
-
-def series(
-    meter_id: str,
-    start: datetime,
-    count: int,
-    power: Callable[[int], float] | float,
-    *,
-    seconds: int = 60,
-) -> list[Window]:
-    """``count`` consecutive windows with continuous counters; ``power`` is a constant or
-    the power of the ``i``-th window, kW (negative: export)."""
-    imported, exported = 1000.0, 100.0
-    windows = []
-    for i in range(count):
-        kw = power(i) if callable(power) else power
-        delta_in, delta_out = max(kw, 0.0) * seconds / 3600, max(-kw, 0.0) * seconds / 3600
-        imported += delta_in
-        exported += delta_out
-        windows.append(
-            make_window(
-                meter_id,
-                start + i * timedelta(seconds=seconds),
-                import_kwh=imported,
-                import_delta_kwh=delta_in,
-                export_kwh=exported,
-                export_delta_kwh=delta_out,
-                power_kw=kw,
-                window_seconds=seconds,
-            )
-        )
-    return windows
-
-
-def store_windows(store: Store, clock: Clock, gateway_id: str, windows: Sequence[Window]) -> None:
-    """Commit ``windows`` through the ingest store (so rollups and regional load are filled),
-    with the store's ``clock`` moved past their end."""
-    latest = max(w.window_start + timedelta(seconds=w.window_seconds) for w in windows)
-    clock.now = max(clock.now, latest)
-    size = limits.MAX_WINDOWS_PER_BATCH
-    for i in range(0, len(windows), size):
-        chunk = windows[i : i + size]
-        result = store.commit([incoming(window_batch(gateway_id, next(_SEQS), chunk))])
-        assert result.windows_stored == len(chunk), result
+# -- the error shape ---------------------------------------------------------------------------
 
 
 def error_of(response: Any, status: int, code: str | None = None) -> dict[str, Any]:

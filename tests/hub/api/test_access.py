@@ -29,8 +29,8 @@ from fastapi.routing import APIRoute
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from apikit import Api, bearer, error_of, series, store_windows
-from hubkit import T0, Clock, register
+from apikit import Api, bearer, error_of
+from hubkit import T0, Clock, register, series, store_windows
 
 from segs.hub.api import API_PREFIX, create_app
 from segs.hub.db import Role

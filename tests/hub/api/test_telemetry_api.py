@@ -24,8 +24,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from apikit import Api, bearer, error_of, series, store_windows
-from hubkit import Clock, birth, register
+from apikit import Api, bearer, error_of
+from hubkit import Clock, birth, register, series, store_windows
 
 from segs.hub.db import Role
 from segs.hub.store import Store

@@ -29,8 +29,8 @@ from sqlmodel import Session, select
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from apikit import PASSWORD, Api, bearer, error_of, series, store_windows
-from hubkit import T0, Clock, incoming, make_window, register, window_batch
+from apikit import PASSWORD, Api, bearer, error_of
+from hubkit import T0, Clock, incoming, make_window, register, series, store_windows, window_batch
 from services import MosquittoBroker, free_port
 
 from segs.cli import main
